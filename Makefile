@@ -1,0 +1,57 @@
+# The two commands a fresh machine needs are `make demo` and `make test`; both install what they use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Package registries are reached over a network that can drop for a minute: retry, then fail loudly.
+retry = for i in 1 2 3 4 5; do $(1) && break; if [ $$i = 5 ]; then exit 1; fi; echo "retrying in $$((i * 10)) s: $(strip $(1))" >&2; sleep $$((i * 10)); done
+SYSDEPS := nftables libnftables1 python3-nftables iproute2 openssl
+comma := ,
+export CARGO_NET_RETRY := 10
+export MATURIN_PEP517_ARGS := --profile release
+
+.PHONY: link-nftables install sysdeps demo test test-rust test-python stubtest bench clean
+
+$(PY):
+	python3 -m venv --system-site-packages $(VENV)
+
+install: $(PY)
+	@$(call retry,$(PIP) install -q --retries 10 'maturin>=1.7$(comma)<2')
+	@$(call retry,$(PIP) install -q --retries 10 --no-build-isolation -e '.[test]')
+	@$(MAKE) --no-print-directory link-nftables
+
+# Debian's python3-nftables is pure Python over libnftables.so.1; the venv sees only that package.
+link-nftables: $(PY)
+	@if [ -d /usr/lib/python3/dist-packages/nftables ]; then \
+	  mkdir -p $(VENV)/system-nftables && ln -sfn /usr/lib/python3/dist-packages/nftables $(VENV)/system-nftables/nftables && \
+	  echo "$(abspath $(VENV))/system-nftables" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zonegate-system-nftables.pth"; \
+	fi
+
+sysdeps:
+	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    $(call retry,apt-get update -qq); $(call retry,DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing); \
+	  else echo "not root: cannot install$$missing" >&2; fi; \
+	fi
+
+demo: install
+	$(VENV)/bin/zonegate demo
+
+test: sysdeps install test-rust stubtest test-python
+
+test-rust:
+	cd rust_ext && $(call retry,cargo fetch -q) && cargo test --workspace --release -q
+
+stubtest: install
+	$(PY) -m mypy.stubtest zonegate._engine --allowlist .ci/stubtest-allowlist
+
+test-python: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_replay.py
+
+clean:
+	rm -rf $(VENV) rust_ext/target

@@ -1,0 +1,8 @@
+//! zonegate's pure core: frames in, decisions out. No Python, no I/O.
+//!
+//! Pipeline order: `modbus` (framing and parsing) -> `policy` (compiled rules, decide, rate)
+//! -> `capture` (pcap reading and TCP reassembly for replay).
+
+pub mod capture;
+pub mod modbus;
+pub mod policy;
