@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # Package registries are reached over a network that can drop for a minute: retry, then fail loudly.
 retry = for i in 1 2 3 4 5; do $(1) && break; if [ $$i = 5 ]; then exit 1; fi; echo "retrying in $$((i * 10)) s: $(strip $(1))" >&2; sleep $$((i * 10)); done
-SYSDEPS := nftables libnftables1 python3-nftables iproute2 openssl
+SYSDEPS := nftables libnftables1 python3-nftables iproute2 openssl prometheus tshark
+BENCHDEPS := stunnel4 haproxy
 comma := ,
 export CARGO_NET_RETRY := 10
 export MATURIN_PEP517_ARGS := --profile release
 
-.PHONY: link-nftables install sysdeps demo test test-rust test-python stubtest bench clean
+.PHONY: link-nftables benchdeps debian-packages install sysdeps demo test test-rust test-python stubtest bench clean
 
 $(PY):
 	python3 -m venv --system-site-packages $(VENV)
@@ -28,7 +29,13 @@ link-nftables: $(PY)
 	fi
 
 sysdeps:
-	@missing=""; for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(SYSDEPS)"
+
+benchdeps:
+	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(BENCHDEPS)"
+
+debian-packages:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    $(call retry,apt-get update -qq); $(call retry,DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing); \
@@ -49,9 +56,10 @@ stubtest: install
 test-python: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: install
+bench: benchdeps install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_replay.py
+	$(PY) benchmarks/bench_relay.py
 
 clean:
 	rm -rf $(VENV) rust_ext/target

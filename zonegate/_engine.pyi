@@ -1,5 +1,21 @@
-"""Stub of the Rust extension (rust_ext/). Semantics: docs/engine.md. Checked by stubtest in `make test`."""
+"""Stub of the Rust extension (rust_ext/). Semantics: docs/engine.md. Checked by stubtest in `make test`.
 
+Integer codes (docs/engine.md sections 2 and 5):
+  verdict: 0 allow, 1 deny, 2 would_deny
+  reason: 0 allowed, 1 unknown_principal, 2 malformed, 3 no_matching_rule, 4 unit_not_allowed,
+          5 function_not_allowed, 6 address_out_of_range, 7 quantity_exceeded, 8 value_out_of_bounds,
+          9 rate_exceeded
+  malformed: 0 none, 1 truncated, 2 trailing_bytes, 3 bad_quantity, 4 bad_byte_count, 5 address_overflow,
+          6 bad_coil_value, 7 bad_subfunction, 8 bad_mei_type, 9 bad_reference_type, 10 bad_record,
+          11 bad_device_id_code
+  table: 0 coils, 1 discrete_inputs, 2 input_registers, 3 holding_registers, 4 file_records
+
+A frame handed to `parse_request` / `Engine.decide` should be exactly one ADU from `split`. One that is
+not is malformed: `truncated` when shorter than 8 bytes, when its protocol id is not 0, or when it holds
+fewer bytes than its length field declares; `trailing_bytes` when it holds more (or more than 260 bytes).
+"""
+
+from collections.abc import Callable
 from typing import final
 
 # split() status values
@@ -9,6 +25,10 @@ INVALID: int  # 2: n is the invalid reason: 1 protocol_id, 2 length
 
 def split(buf: bytes, /) -> tuple[int, int]: ...
 def parse_request(frame: bytes, /) -> Request: ...
+def parse_response(frame: bytes, /) -> Response: ...
+def response_matches(request: bytes, response: bytes, /) -> bool:
+    """True when `response` is well formed and answers `request`: same transaction id, same unit, and
+    the request's function code or its exception form (fc | 0x80)."""
 
 @final
 class Request:
@@ -23,8 +43,19 @@ class Request:
     quantity: int
     # (table, start, end_inclusive, is_write) for every range touched, in wire order
     ranges: list[tuple[int, int, int, bool]]
-    # (table, address, value) for every written value, in wire order
+    # (table, address, value) for every written value, in wire order; FC 22 (mask write) carries no
+    # value and appears only in `ranges`
     values: list[tuple[int, int, int]]
+
+@final
+class Response:
+    """One parsed reply ADU. `malformed` is 0 when well formed; `exception_code` is set for fc | 0x80."""
+
+    transaction_id: int
+    unit: int
+    function: int
+    exception_code: int | None
+    malformed: int
 
 @final
 class Decision:
@@ -46,17 +77,91 @@ class BatchSummary:
     denied: int
     would_deny: int
     consumed: int
+    # 0, or the invalid reason (1 protocol_id, 2 length) of the header deciding stopped at
+    invalid: int
     # one byte per frame: verdict << 4 | reason
     verdicts: bytes
 
 @final
 class Engine:
+    """A compiled policy (immutable) and its rate buckets. Invalid IR raises ValueError naming the field."""
+
+    def __new__(cls, ir_json: str, /) -> Engine: ...
     def __init__(self, ir_json: str, /) -> None: ...
     @property
     def mode(self) -> str: ...
-    def principal_index(self, name: str, /) -> int: ...
-    def device_index(self, name: str, /) -> int: ...
-    def decide(self, principal: int, device: int, frame: bytes, now_ns: int | None = None) -> Decision: ...
+    @property
+    def rule_ids(self) -> tuple[str, ...]: ...
+    def principal_index(self, name: str, /) -> int:
+        """IR index of the principal; KeyError when there is none by that name."""
+
+    def device_index(self, name: str, /) -> int:
+        """IR index of the device; KeyError when there is none by that name."""
+
+    def decide(self, principal: int, device: int, frame: bytes, now_ns: int | None = None) -> Decision:
+        """Decide one ADU. `now_ns=None` reads CLOCK_MONOTONIC (the clock of `time.monotonic_ns()`)."""
+
     def decide_batch(
         self, principal: int, device: int, buf: bytes, now_ns: int | None = None
-    ) -> BatchSummary: ...
+    ) -> BatchSummary:
+        """Split `buf` and decide every complete ADU at its start, at one instant, without the GIL."""
+
+# --- capture replay (`zonegate replay`; binding in rust_ext/src/py_replay.rs) ------------------------
+
+@final
+class ReplayDenial:
+    """One request the policy would have refused, as found in a capture."""
+
+    frame: int  # capture frame that completed the request, numbered from 1
+    ts_ns: int
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    principal: str  # empty when no principal matched the client
+    device: str  # empty when no device matched the server
+    unit: int
+    function: int
+    verdict: str
+    reason: str
+    malformed: str | None
+    rule_id: str
+
+@final
+class ReplayReport:
+    """What a policy would have done to a capture."""
+
+    format: str  # "pcap" or "pcapng"
+    frames: int
+    tcp_segments: int
+    flows: int
+    requests: int
+    allowed: int
+    denied: int
+    would_deny: int
+    malformed: int
+    replies: int
+    exception_replies: int
+    by_reason: dict[str, int]
+    by_function: dict[int, int]
+    by_unit: dict[int, int]
+    by_rule: dict[str, int]
+    by_rule_denied: dict[str, int]
+    invalid_streams: int
+    # (frame, client, client_port, server, server_port, "requests" | "replies", reason)
+    invalid_list: list[tuple[int, str, int, str, int, str, str]]
+    denials: list[ReplayDenial]
+    anomalies: dict[str, int]
+    bytes_read: int
+    capture_error: str | None
+
+def replay_capture(
+    ir_json: str,
+    path: str,
+    /,
+    principal: str | None = None,
+    device: str | None = None,
+    max_listed: int = 20,
+    progress: Callable[[int, int], object] | None = None,
+) -> ReplayReport:
+    """Replay a pcap or pcapng file through a policy given as IR JSON (docs/engine.md section 3)."""

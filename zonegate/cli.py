@@ -8,7 +8,7 @@ import sys
 
 # Subcommand modules each define `add_parser(subparsers)`, which registers a parser whose
 # `func(args) -> int` is the command. Imported lazily so `zonegate check` does not load asyncio servers.
-COMMANDS = ("check", "schema", "replay", "demo", "run", "reload", "pki")
+COMMANDS = ("check", "schema", "replay", "demo", "run", "reload", "nft", "pki")
 
 
 def build_parser() -> argparse.ArgumentParser:

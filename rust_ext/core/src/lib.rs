@@ -4,5 +4,6 @@
 //! -> `capture` (pcap reading and TCP reassembly for replay).
 
 pub mod capture;
+pub mod enip;
 pub mod modbus;
 pub mod policy;

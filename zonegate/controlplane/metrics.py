@@ -1,0 +1,218 @@
+"""Control plane, telemetry: the Prometheus metrics of a running conduit.
+
+Every label has a bounded set of values: conduits, principals and devices come from the policy (one
+`unknown` stands for every unresolved principal), functions are the public Modbus function names or
+`other`, verdicts and reasons are the engine's. No client address or register number is ever a label.
+
+The per-request metrics (request counter, latency histograms) are plain integers and lists updated on
+the event loop thread without locks, and turned into metric families only when Prometheus scrapes:
+prometheus-client's own children take a lock per increment, which costs more than the decision.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from zonegate.controlplane.pki import load_certificate
+from zonegate.dataplane.upstream import PoolObserver
+from zonegate.engine import REASONS, VERDICTS
+
+FUNCTION_NAMES: Final = {
+    1: "read_coils",
+    2: "read_discrete_inputs",
+    3: "read_holding_registers",
+    4: "read_input_registers",
+    5: "write_single_coil",
+    6: "write_single_register",
+    7: "read_exception_status",
+    8: "diagnostics",
+    11: "get_comm_event_counter",
+    12: "get_comm_event_log",
+    15: "write_multiple_coils",
+    16: "write_multiple_registers",
+    17: "report_server_id",
+    20: "read_file_record",
+    21: "write_file_record",
+    22: "mask_write_register",
+    23: "read_write_multiple_registers",
+    24: "read_fifo_queue",
+    43: "encapsulated_interface_transport",
+}
+LATENCY_BUCKETS: Final = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)
+
+
+def function_name(fc: int) -> str:
+    return FUNCTION_NAMES.get(fc, "other")
+
+
+class _Histograms:
+    """Latency histograms by one label, kept as bucket counts (non-cumulative) and a sum."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.bounds = list(buckets)
+        self.series: dict[str, list[float]] = {}  # value -> [count per bucket..., +Inf count, sum]
+
+    def observe(self, value: str, seconds: float) -> None:
+        series = self.series.get(value)
+        if series is None:
+            series = self.series[value] = [0.0] * (len(self.bounds) + 2)
+        series[bisect.bisect_left(self.bounds, seconds)] += 1
+        series[-1] += seconds
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, series in sorted(dict(self.series).items()):
+            snapshot = list(series)
+            cumulative, buckets = 0.0, []
+            for bound, count in zip([*map(str, self.bounds), "+Inf"], snapshot[:-1]):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([value], buckets, snapshot[-1])
+        return family
+
+
+class _RequestMetrics(Collector):
+    """zonegate_requests_total and the latency histograms, exported at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int, int, int], int] = {}
+        self.gateway = _Histograms("zonegate_gateway_latency_seconds",
+                                   "Time zonegate added to a forwarded request (total minus upstream)",
+                                   "conduit", LATENCY_BUCKETS)
+        self.upstream = _Histograms("zonegate_upstream_latency_seconds",
+                                    "Time from sending a request to a device to its reply", "device", LATENCY_BUCKETS)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "zonegate_requests", "Requests decided, by conduit, principal, device, function, verdict and reason",
+            labels=["conduit", "principal", "device", "function", "verdict", "reason"],
+        )
+        for (conduit, principal, device, fc, verdict, reason), count in sorted(dict(self.requests).items()):
+            family.add_metric(
+                [conduit, principal, device, function_name(fc), VERDICTS[verdict], REASONS[reason]], count
+            )
+        yield family
+        yield self.gateway.family()
+        yield self.upstream.family()
+
+
+class _CertificateExpiry(Collector):
+    """Seconds until each configured certificate expires, computed at scrape time."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], Path] = {}
+        self.lock = threading.Lock()
+
+    def set_files(self, files: Iterable[tuple[str, str, Path]]) -> None:
+        with self.lock:
+            self.files = {(owner, role): path for owner, role, path in files}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "zonegate_certificate_expiry_seconds",
+            "Seconds until a configured certificate expires (negative once expired)",
+            labels=["owner", "certificate"],
+        )
+        now = dt.datetime.now(dt.timezone.utc)
+        with self.lock:
+            files = dict(self.files)
+        for (owner, role), path in sorted(files.items()):
+            try:
+                cert = load_certificate(path)
+            except (OSError, ValueError):
+                continue
+            family.add_metric([owner, role], (cert.not_valid_after_utc - now).total_seconds())
+        yield family
+
+
+class Metrics(PoolObserver):
+    """All metrics of one zonegate process, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.per_request = _RequestMetrics()
+        r.register(self.per_request)
+        self.connections = Gauge(
+            "zonegate_active_connections", "Client connections open, by conduit", ["conduit"], registry=r
+        )
+        self.handshake_failures = Counter(
+            "zonegate_tls_handshake_failures", "TLS handshakes refused, by conduit and reason",
+            ["conduit", "reason"], registry=r,
+        )
+        self.framing_errors = Counter(
+            "zonegate_framing_errors", "Client streams closed for invalid framing or overflow",
+            ["conduit", "reason"], registry=r,
+        )
+        self.upstream_up = Gauge("zonegate_upstream_up", "1 when a device is reachable", ["device"], registry=r)
+        self.upstream_faults = Counter(
+            "zonegate_upstream_faults", "Device faults: connect_failed, timeout, connection_lost, unmatched_reply, ...",
+            ["device", "kind"], registry=r,
+        )
+        self.reloads = Counter("zonegate_policy_reloads", "Policy reloads by result", ["result"], registry=r)
+        self.policy_info = Gauge(
+            "zonegate_policy_loaded", "1 for the hash of the policy in force", ["hash"], registry=r
+        )
+        self.audit_suppressed = Counter(
+            "zonegate_audit_suppressed", "Audit records dropped by the rate limit", registry=r
+        )
+        self.expiry = _CertificateExpiry()
+        r.register(self.expiry)
+        self._policy_hash: str | None = None
+        self._server: WSGIServer | None = None
+
+    # -- per request ----------------------------------------------------------------------------------
+
+    def count_request(self, conduit: str, principal: str, device: str, fc: int, verdict: int, reason: int) -> None:
+        requests = self.per_request.requests
+        key = (conduit, principal, device, fc, verdict, reason)
+        requests[key] = requests.get(key, 0) + 1
+
+    def gateway_latency_observe(self, conduit: str, seconds: float) -> None:
+        self.per_request.gateway.observe(conduit, seconds)
+
+    # -- PoolObserver -------------------------------------------------------------------------------------
+
+    def upstream_state(self, device: str, up: bool) -> None:
+        self.upstream_up.labels(device).set(1 if up else 0)
+
+    def upstream_fault(self, device: str, kind: str) -> None:
+        self.upstream_faults.labels(device, kind).inc()
+
+    def upstream_latency(self, device: str, seconds: float) -> None:
+        self.per_request.upstream.observe(device, seconds)
+
+    # -- control plane ---------------------------------------------------------------------------------
+
+    def policy_loaded(self, source_hash: str) -> None:
+        if self._policy_hash is not None and self._policy_hash != source_hash:
+            self.policy_info.remove(self._policy_hash)
+        self._policy_hash = source_hash
+        self.policy_info.labels(source_hash).set(1)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port (port 0 picks one); returns the port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,107 @@
+"""Control plane, supervisor: one zonegate process from policy load to drained shutdown.
+
+Loads the policy, builds the conduit (listeners, upstream pools), serves metrics and writes the audit
+trail. SIGHUP reloads: the new policy is loaded, compiled and its TLS material read before anything is
+swapped; a policy that fails keeps the old one in force and is reported in the log and in
+`zonegate_policy_reloads_total{result="failed"}`. SIGTERM (or SIGINT) stops accepting, lets forwarded
+requests finish within a bounded drain time, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from zonegate.controlplane.audit import AuditLog
+from zonegate.controlplane.metrics import Metrics
+from zonegate.dataplane.conduit import Conduit
+from zonegate.dataplane.config import RuntimeSettings, from_policy
+
+log = logging.getLogger("zonegate")
+
+DRAIN_TIMEOUT: Final = 5.0
+
+
+def load_settings(paths: Sequence[Path], pki_dir: Path | None) -> RuntimeSettings:
+    """Load, validate and adapt a policy; raises `PolicyError` with every issue found."""
+    from zonegate.controlplane.policy import load
+
+    return from_policy(load(list(paths), pki_dir=pki_dir))
+
+
+class Supervisor:
+    """Runs one conduit and reacts to signals."""
+
+    def __init__(self, paths: Sequence[Path], pki_dir: Path | None = None, *, serve_metrics: bool = True) -> None:
+        self.paths = list(paths)
+        self.pki_dir = pki_dir
+        self.serve_metrics = serve_metrics
+        self.metrics = Metrics()
+        self.audit: AuditLog | None = None
+        self.conduit: Conduit | None = None
+        self.metrics_port: int | None = None
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        settings = load_settings(self.paths, self.pki_dir)
+        self.audit = AuditLog(
+            settings.audit_path,
+            settings.audit_max_per_second,
+            on_suppressed=lambda n: self.metrics.audit_suppressed.inc(n),
+        )
+        self.conduit = Conduit(settings, self.metrics, self.audit)
+        await self.conduit.start()
+        for listener in self.conduit.listeners:
+            log.info("listening: %s (%s) on %s:%d", listener.settings.name, listener.settings.protocol,
+                     listener.settings.host, listener.port)
+        if self.serve_metrics:
+            host, port = settings.metrics_bind
+            self.metrics_port = self.metrics.serve(host, port)
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
+        log.info("policy %s in force, mode %s", settings.source_hash[:12], settings.mode)
+
+    def reload(self) -> bool:
+        """Load the policy files again and swap them in; False (old policy kept) if anything fails."""
+        assert self.conduit is not None
+        try:
+            settings = load_settings(self.paths, self.pki_dir)
+            self.conduit.reload(settings)
+        except Exception as exc:  # any failure to build the new policy keeps the old one in force
+            self.metrics.reloads.labels("failed").inc()
+            log.error("reload failed, previous policy kept: %s", exc)
+            return False
+        self.metrics.reloads.labels("ok").inc()
+        log.info("reloaded: policy %s in force, mode %s", settings.source_hash[:12], settings.mode)
+        return True
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        log.info("ready")
+        try:
+            await self.stopping.wait()
+        finally:
+            for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self.conduit is not None:
+            log.info("draining")
+            await self.conduit.drain(DRAIN_TIMEOUT)
+            self.conduit = None
+        self.metrics.stop()
+        if self.audit is not None:
+            self.audit.close()
+        log.info("stopped")

@@ -1,0 +1,70 @@
+"""The demo stack: a zonegate conduit run inside the current event loop, and TLS contexts for its clients.
+
+`zonegate demo` and the integration tests drive the same pieces `zonegate run` does (policy load,
+conduit, metrics, audit), in one process, so a narrated tour or a test can talk to them over real
+loopback sockets and then read their counters.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from zonegate.controlplane.audit import AuditLog
+from zonegate.controlplane.metrics import Metrics
+from zonegate.controlplane.pki import DevPki
+from zonegate.controlplane.supervisor import load_settings
+from zonegate.controlplane.tls import TLS12_CIPHERS
+from zonegate.dataplane.conduit import Conduit
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def client_ssl_context(
+    pki: DevPki,
+    name: str | None,
+    *,
+    maximum: ssl.TLSVersion | None = None,
+    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+    ciphers: str = TLS12_CIPHERS,
+) -> ssl.SSLContext:
+    """A level-3 client's context: the certificate `name` from the development PKI (None: no certificate)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = minimum
+    if maximum is not None:
+        context.maximum_version = maximum
+    context.set_ciphers(ciphers)
+    context.load_verify_locations(cafile=os.fspath(pki.ca))
+    if name is not None:
+        context.load_cert_chain(os.fspath(pki.cert(name)), os.fspath(pki.key(name)))
+    return context
+
+
+@asynccontextmanager
+async def running_conduit(
+    policy: Sequence[Path], pki_dir: Path | None, audit_path: str = "-", *, serve_metrics: bool = False
+) -> AsyncIterator[Conduit]:
+    """A started conduit for `policy`; stopped (drained) on exit."""
+    settings = load_settings(policy, pki_dir)
+    metrics = Metrics()
+    audit = AuditLog(audit_path, settings.audit_max_per_second, on_suppressed=metrics.audit_suppressed.inc)
+    conduit = Conduit(settings, metrics, audit)
+    await conduit.start()
+    if serve_metrics:
+        host, port = settings.metrics_bind
+        metrics.serve(host, port)
+    try:
+        yield conduit
+    finally:
+        await conduit.drain(1.0)
+        metrics.stop()
+        audit.close()
