@@ -24,30 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from zonegate.controlplane.pki import load_certificate
+from zonegate.controlplane.policy.functions import FUNCTION_NAMES
 from zonegate.dataplane.upstream import PoolObserver
 from zonegate.engine import REASONS, VERDICTS
 
-FUNCTION_NAMES: Final = {
-    1: "read_coils",
-    2: "read_discrete_inputs",
-    3: "read_holding_registers",
-    4: "read_input_registers",
-    5: "write_single_coil",
-    6: "write_single_register",
-    7: "read_exception_status",
-    8: "diagnostics",
-    11: "get_comm_event_counter",
-    12: "get_comm_event_log",
-    15: "write_multiple_coils",
-    16: "write_multiple_registers",
-    17: "report_server_id",
-    20: "read_file_record",
-    21: "write_file_record",
-    22: "mask_write_register",
-    23: "read_write_multiple_registers",
-    24: "read_fifo_queue",
-    43: "encapsulated_interface_transport",
-}
 LATENCY_BUCKETS: Final = (
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 )
