@@ -136,7 +136,7 @@ class Metrics(PoolObserver):
             ["conduit", "reason"], registry=r,
         )
         self.framing_errors = Counter(
-            "zonegate_framing_errors", "Client streams closed for invalid framing or overflow",
+            "zonegate_framing_errors", "Client connections closed unanswered: invalid framing, overflow, or a transparent connection to no known device",
             ["conduit", "reason"], registry=r,
         )
         self.upstream_up = Gauge("zonegate_upstream_up", "1 when a device is reachable", ["device"], registry=r)

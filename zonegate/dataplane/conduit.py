@@ -1,6 +1,7 @@
 """Data plane, the conduit: listener -> engine -> upstream, and back.
 
-Every complete request ADU from a listener is routed to the listed device whose units hold its unit id,
+Every complete request ADU from a listener is routed to the listed device whose units hold its unit id
+(on a transparent listener: to the device whose address the client dialled),
 decided by the engine in force, then either answered with the engine's exception (deny), or forwarded
 to that device's pool (allow, and would_deny in monitor mode). Denials and allowed writes are audited;
 every decision is counted. A reload builds the new engine, TLS contexts and pools first and swaps them
@@ -14,14 +15,16 @@ import asyncio
 import logging
 import ssl
 import time
+from dataclasses import replace
 from typing import Any, Final
 
 from zonegate import _engine
 from zonegate.controlplane.audit import AuditLog, utc_now
 from zonegate.controlplane.metrics import Metrics, function_name
 from zonegate.controlplane.tls import client_context, server_context
-from zonegate.dataplane.config import DeviceSettings, RuntimeSettings
+from zonegate.dataplane.config import DeviceSettings, ListenerSettings, RuntimeSettings
 from zonegate.dataplane.listener import ClientConnection, Listener
+from zonegate.dataplane.transparent import DeviceMap
 from zonegate.dataplane.upstream import GATEWAY_PATH_UNAVAILABLE, DevicePool, Pending
 from zonegate.engine import MALFORMED, REASONS, TABLES, UNKNOWN_INDEX, VERDICTS, CompiledPolicy, exception_response
 
@@ -134,18 +137,27 @@ class Conduit:
         for name, device in settings.devices.items():
             old = self.pools.get(name)
             new_pools[name] = old if old is not None and old.settings == device else self._pool_for(device)
-        bound = {(x.settings.name, x.settings.protocol, x.settings.host, x.settings.port) for x in self.listeners}
-        wanted = {(x.name, x.protocol, x.host, x.port) for x in settings.listeners}
+        bound = {(x.settings.name, x.settings.protocol, x.settings.host, x.settings.port, x.settings.transparent)
+                 for x in self.listeners}
+        wanted = {(x.name, x.protocol, x.host, x.port, x.transparent) for x in settings.listeners}
         if bound != wanted:
             log.warning("listener addresses changed in the policy; they take effect at the next restart")
+        # Built before the swap: a device address a diverted connection cannot be matched to fails the reload.
+        device_maps: dict[str, tuple[ListenerSettings, DeviceMap]] = {}
+        for listener in self.listeners:
+            try:
+                wanted_settings = settings.listener(listener.settings.name)
+            except KeyError:
+                continue
+            # The socket keeps the mode it was bound with until the next restart.
+            wanted_settings = replace(wanted_settings, transparent=listener.settings.transparent)
+            device_maps[listener.settings.name] = (wanted_settings, Listener.device_map(settings, wanted_settings))
         retired = [pool for name, pool in self.pools.items() if new_pools.get(name) is not pool]
         self.generation = generation
         self.pools = new_pools
         for listener in self.listeners:
-            try:
-                listener.settings = settings.listener(listener.settings.name)
-            except KeyError:
-                pass
+            if listener.settings.name in device_maps:
+                listener.settings, listener.devices = device_maps[listener.settings.name]
         for pool in retired:
             pool.retire()
         self.metrics.policy_loaded(settings.source_hash)
@@ -163,7 +175,10 @@ class Conduit:
                 generation.policy.principal_index(client.principal) if client.principal else UNKNOWN_INDEX
             )
         unit = adu[6]
-        device = generation.route(client.name, unit)
+        if client.device is not None:  # a diverted client dialled its device; a reload may have dropped it
+            device = client.device if client.device in client.listener.settings.devices else None
+        else:
+            device = generation.route(client.name, unit)
         device_index = generation.device_indices.get(device, UNKNOWN_INDEX) if device else UNKNOWN_INDEX
         decision = generation.policy.engine.decide(client.principal_index, device_index, adu)
         verdict = decision.verdict

@@ -57,6 +57,7 @@ class ListenerSettings:
     max_outstanding: int = 10
     idle_timeout: float = 300.0
     request_timeout: float = 5.0
+    transparent: bool = False  # takes over connections to its devices' own addresses (nftables tproxy)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def from_policy(policy: Any) -> RuntimeSettings:
             max_outstanding=int(listener.max_outstanding),
             idle_timeout=float(listener.idle_timeout),
             request_timeout=float(listener.request_timeout),
+            transparent=bool(getattr(listener, "transparent", False)),
         )
         for listener in policy.listeners
         if listener.protocol in ("modbus_tls", "modbus")

@@ -3,7 +3,9 @@
 One `ClientConnection` (an asyncio Protocol, no task per request) per client. A Modbus/TCP Security
 listener runs the TLS handshake itself with `loop.start_tls`, so a refused handshake is seen, sorted by
 reason and counted, and the principal is resolved once from the verified certificate. A plain listener
-resolves it from the source address.
+resolves it from the source address. A transparent listener (nftables tproxy) accepts connections
+addressed to a device's own address and port: that address names the one device the connection may
+reach, and a connection to any address the listener does not relay to is refused and counted.
 
 Framing is the engine's splitter: several ADUs in one read and one ADU over many reads both work; an
 invalid stream closes the connection (it cannot be resynchronised). At most `max_outstanding` requests
@@ -22,6 +24,7 @@ from zonegate import _engine
 from zonegate.controlplane.tls import HANDSHAKE_TIMEOUT, failure_reason
 from zonegate.dataplane.config import ListenerSettings, RuntimeSettings
 from zonegate.dataplane.identity import Identity, tls_identity
+from zonegate.dataplane.transparent import DeviceMap, original_destination, transparent_socket
 from zonegate.dataplane.upstream import Pending
 from zonegate.engine import SPLIT_INVALID_REASONS
 
@@ -58,6 +61,7 @@ class ClientConnection(asyncio.Protocol):
         self.early: list[bytes] = []
         self.transport_raw: asyncio.Transport | None = None
         self.peer_host: str | None = None
+        self.device: str | None = None  # set on a transparent listener: the device the client dialled
 
     # -- connection lifecycle --------------------------------------------------------------------------
 
@@ -82,7 +86,27 @@ class ClientConnection(asyncio.Protocol):
             self.transport = transport
             self.identity = Identity(peer=peer_text)
             self.peer_host = str(peer[0]) if peer else None
+            if self.listener.settings.transparent and not self._divert(transport):
+                return
             self.ready = True
+
+    def _divert(self, transport: asyncio.Transport) -> bool:
+        """Pin a diverted connection to the device it dialled; refuse one that dialled anything else."""
+        try:
+            destination = original_destination(transport)
+        except (ValueError, TypeError) as exc:
+            where = f"an unreadable address ({exc})"
+        else:
+            where = str(destination)
+            self.device = self.listener.devices.device_for(destination)
+        if self.device is not None:
+            return True
+        self.conduit.metrics.framing_errors.labels(self.name, "unknown_destination").inc()
+        log.info("%s: connection from %s to %s refused: no device of this listener is there",
+                 self.name, self.identity.peer, where)
+        self.draining = True
+        transport.close()
+        return False
 
     async def _handshake(self, raw: asyncio.Transport) -> None:
         context = self.conduit.ssl_contexts[self.name]
@@ -259,6 +283,14 @@ class Listener:
         self.handshakes: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
         self.sweep_handle: asyncio.TimerHandle | None = None
+        self.devices = self.device_map(conduit.settings, settings)
+
+    @staticmethod
+    def device_map(runtime: RuntimeSettings, settings: ListenerSettings) -> DeviceMap:
+        """Original destination -> device for a transparent listener (empty for any other)."""
+        if not settings.transparent:
+            return DeviceMap({})
+        return DeviceMap.of([(name, d.host, d.port) for name, d in runtime.devices.items()], names=settings.devices)
 
     @property
     def port(self) -> int:
@@ -266,9 +298,14 @@ class Listener:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self.server = await self.conduit.loop.create_server(
-            lambda: ClientConnection(self), self.settings.host, self.settings.port, reuse_address=True
-        )
+        if self.settings.transparent:
+            # Diverted connections reach only a socket with IP_TRANSPARENT (needs CAP_NET_ADMIN).
+            sock = transparent_socket(self.settings.host, self.settings.port)
+            self.server = await self.conduit.loop.create_server(lambda: ClientConnection(self), sock=sock)
+        else:
+            self.server = await self.conduit.loop.create_server(
+                lambda: ClientConnection(self), self.settings.host, self.settings.port, reuse_address=True
+            )
         self._arm_sweep()
 
     def _arm_sweep(self) -> None:
