@@ -35,7 +35,7 @@ class Service:
     def __init__(self, policy: Path, pki_dir: Path, pid_file: Path) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki_dir),
-             "--pid-file", str(pid_file)],
+             "--pid-file", str(pid_file), "--no-firewall"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []

@@ -24,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="policy file (repeat to merge several)")
     parser.add_argument("--pki", type=Path, default=None, help="base directory of relative certificate paths")
     parser.add_argument("--pid-file", type=Path, default=None, help="write the process id here (for reload)")
+    parser.add_argument("--no-firewall", dest="firewall", action="store_false",
+                        help="do not apply the policy's nftables table (development on a workstation)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
 
@@ -43,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from zonegate.controlplane.nftables import FirewallSpecError, NftError
     from zonegate.controlplane.policy import PolicyError
     from zonegate.controlplane.supervisor import Supervisor
     from zonegate.controlplane.tls import TlsConfigError
 
-    supervisor = Supervisor(args.policy, args.pki)
+    supervisor = Supervisor(args.policy, args.pki, firewall=args.firewall)
     if args.pid_file is not None:
         args.pid_file.write_text(f"{os.getpid()}\n")
     try:
@@ -57,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (TlsConfigError, OSError) as exc:
         print(f"zonegate: {exc}", file=sys.stderr)
+        return 1
+    except (FirewallSpecError, NftError) as exc:
+        print(f"zonegate: nftables: {exc} (the table in force, if any, is unchanged;"
+              " --no-firewall runs without applying one)", file=sys.stderr)
         return 1
     finally:
         if args.pid_file is not None:

@@ -1,9 +1,12 @@
 """Control plane, supervisor: one zonegate process from policy load to drained shutdown.
 
 Loads the policy, builds the conduit (listeners, upstream pools), serves metrics and writes the audit
-trail. SIGHUP reloads: the new policy is loaded, compiled and its TLS material read before anything is
-swapped; a policy that fails keeps the old one in force and is reported in the log and in
-`zonegate_policy_reloads_total{result="failed"}`. SIGTERM (or SIGINT) stops accepting, lets forwarded
+trail, and (unless told not to) puts the policy's nftables table in force. SIGHUP reloads: the new policy
+is loaded, compiled, its TLS material read and its ruleset rendered and dry-run before anything is
+swapped; then the table is applied and the engine swapped, and if the swap fails the table is rolled
+back, so the engine and the ruleset change together or not at all. A policy that fails keeps the old
+one in force and is reported in the log and in `zonegate_policy_reloads_total{result="failed"}`.
+Stopping leaves the table in the kernel: the boundary stays closed while zonegate is down. SIGTERM (or SIGINT) stops accepting, lets forwarded
 requests finish within a bounded drain time, and exits.
 """
 
@@ -14,7 +17,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from zonegate.controlplane.audit import AuditLog
 from zonegate.controlplane.metrics import Metrics
@@ -28,16 +31,33 @@ DRAIN_TIMEOUT: Final = 5.0
 
 def load_settings(paths: Sequence[Path], pki_dir: Path | None) -> RuntimeSettings:
     """Load, validate and adapt a policy; raises `PolicyError` with every issue found."""
+    return load_policy(paths, pki_dir)[1]
+
+
+def load_policy(paths: Sequence[Path], pki_dir: Path | None) -> tuple[Any, RuntimeSettings]:
+    """The loaded policy and the runtime settings adapted from it."""
     from zonegate.controlplane.policy import load
 
-    return from_policy(load(list(paths), pki_dir=pki_dir))
+    policy = load(list(paths), pki_dir=pki_dir)
+    return policy, from_policy(policy)
+
+
+def checked_ruleset(policy: Any) -> Any:
+    """Render the policy's table and dry-run it in the kernel; raises before anything is applied."""
+    from zonegate.controlplane.nftables import check, ruleset_for
+
+    ruleset = ruleset_for(policy)
+    check(ruleset)
+    return ruleset
 
 
 class Supervisor:
     """Runs one conduit and reacts to signals."""
 
-    def __init__(self, paths: Sequence[Path], pki_dir: Path | None = None, *, serve_metrics: bool = True) -> None:
+    def __init__(self, paths: Sequence[Path], pki_dir: Path | None = None, *, serve_metrics: bool = True,
+                 firewall: bool = False) -> None:
         self.paths = list(paths)
+        self.firewall = firewall
         self.pki_dir = pki_dir
         self.serve_metrics = serve_metrics
         self.metrics = Metrics()
@@ -47,7 +67,12 @@ class Supervisor:
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
-        settings = load_settings(self.paths, self.pki_dir)
+        policy, settings = load_policy(self.paths, self.pki_dir)
+        if self.firewall:
+            from zonegate.controlplane.nftables import apply
+
+            apply(checked_ruleset(policy))
+            log.info("nftables table inet zonegate in force")
         self.audit = AuditLog(
             settings.audit_path,
             settings.audit_max_per_second,
@@ -67,9 +92,20 @@ class Supervisor:
     def reload(self) -> bool:
         """Load the policy files again and swap them in; False (old policy kept) if anything fails."""
         assert self.conduit is not None
+        applied = None
         try:
-            settings = load_settings(self.paths, self.pki_dir)
-            self.conduit.reload(settings)
+            policy, settings = load_policy(self.paths, self.pki_dir)
+            if self.firewall:
+                from zonegate.controlplane.nftables import apply
+
+                ruleset = checked_ruleset(policy)
+                applied = apply(ruleset)
+            try:
+                self.conduit.reload(settings)
+            except Exception:
+                if applied is not None:
+                    applied.rollback()  # the engine stayed as it was: so does the table
+                raise
         except Exception as exc:  # any failure to build the new policy keeps the old one in force
             self.metrics.reloads.labels("failed").inc()
             log.error("reload failed, previous policy kept: %s", exc)
