@@ -11,15 +11,32 @@ comma := ,
 export CARGO_NET_RETRY := 10
 export MATURIN_PEP517_ARGS := --profile release
 
-.PHONY: link-nftables benchdeps debian-packages install sysdeps demo test test-rust test-python stubtest bench clean
+.PHONY: wheelhouse link-nftables benchdeps debian-packages install sysdeps demo test test-rust test-python stubtest bench clean
 
 $(PY):
 	python3 -m venv --system-site-packages $(VENV)
 
+# A box in a plant is often offline: once a machine has installed zonegate, the wheels it used are kept in
+# WHEELHOUSE and later installs (a fresh clone, a rebuilt venv) take them from there without a network.
+WHEELHOUSE ?= $(HOME)/.cache/zonegate/wheels
+OFFLINE := --no-index --find-links $(WHEELHOUSE)
+
 install: $(PY)
-	@$(call retry,$(PIP) install -q --retries 10 'maturin>=1.7$(comma)<2')
-	@$(call retry,$(PIP) install -q --retries 10 --no-build-isolation -e '.[test]')
+	@$(PIP) install -q $(OFFLINE) 'maturin>=1.7$(comma)<2' 2>/dev/null || \
+	  $(call retry,$(PIP) install -q --retries 10 'maturin>=1.7$(comma)<2')
+	@if $(PIP) install -q $(OFFLINE) --no-build-isolation -e '.[test]' 2>/dev/null; then \
+	  echo "installed from the wheelhouse $(WHEELHOUSE)"; \
+	else \
+	  $(call retry,$(PIP) install -q --retries 10 --no-build-isolation -e '.[test]'); \
+	  $(MAKE) --no-print-directory wheelhouse; \
+	fi
 	@$(MAKE) --no-print-directory link-nftables
+
+# Keep the wheels of what the venv installed (best effort: an install never fails for want of a cache).
+wheelhouse: $(PY)
+	@mkdir -p $(WHEELHOUSE) && $(PIP) freeze --local --exclude-editable | grep -v '^-e' > $(VENV)/requirements.lock && \
+	  $(PIP) download -q --no-deps -d $(WHEELHOUSE) -r $(VENV)/requirements.lock 2>/dev/null || \
+	  echo "wheelhouse not refreshed (no network?): $(WHEELHOUSE)" >&2
 
 # Debian's python3-nftables is pure Python over libnftables.so.1; the venv sees only that package.
 link-nftables: $(PY)
@@ -48,7 +65,7 @@ demo: install
 test: sysdeps install test-rust stubtest test-python
 
 test-rust:
-	cd rust_ext && $(call retry,cargo fetch -q) && cargo test --workspace --release -q
+	cd rust_ext && { cargo fetch -q --offline 2>/dev/null || $(call retry,cargo fetch -q); } && cargo test --workspace --release -q
 
 stubtest: install
 	$(PY) -m mypy.stubtest zonegate._engine --allowlist .ci/stubtest-allowlist
