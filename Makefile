@@ -20,10 +20,13 @@ $(PY):
 # WHEELHOUSE and later installs (a fresh clone, a rebuilt venv) take them from there without a network.
 WHEELHOUSE ?= $(HOME)/.cache/zonegate/wheels
 OFFLINE := --no-index --find-links $(WHEELHOUSE)
+# Builds run without isolation (no registry fetch per build), so the venv holds what they need: maturin for
+# zonegate, setuptools and wheel for test dependencies published only as source (opcua).
+BUILDDEPS := 'maturin>=1.7$(comma)<2' 'setuptools>=61' wheel
 
 install: $(PY)
-	@$(PIP) install -q $(OFFLINE) 'maturin>=1.7$(comma)<2' 2>/dev/null || \
-	  $(call retry,$(PIP) install -q --retries 10 'maturin>=1.7$(comma)<2')
+	@$(PIP) install -q $(OFFLINE) $(BUILDDEPS) 2>/dev/null || \
+	  $(call retry,$(PIP) install -q --retries 10 $(BUILDDEPS))
 	@if $(PIP) install -q $(OFFLINE) --no-build-isolation -e '.[test]' 2>/dev/null; then \
 	  echo "installed from the wheelhouse $(WHEELHOUSE)"; \
 	else \
