@@ -11,7 +11,15 @@ time, so queueing counts); 1,000 idle mutual-TLS connections give zonegate's res
     python benchmarks/bench_relay.py --quick    # seconds, not minutes: checks the harness, not speed
 
 TLS is 1.3 with ECDSA P-256 certificates from a development PKI made for the run. stunnel4 and haproxy
-come from Debian (`make bench` installs them); a missing one is reported and skipped.
+come from Debian (`make bench` installs them); a missing one is reported and skipped. zonegate starts as
+`zonegate run` does for a user (its launcher sets the malloc tunables), without the nftables table
+(`--no-firewall`: the other relays run without one, and the host's firewall is not the benchmark's), and
+multiplexes the clients over one device connection with up to 64 requests in flight: as many as the
+one-connection-per-client relays put on the target with 64 clients.
+
+Besides each relay's CPU per request, the report gives the load generator's and the target's
+(`*_loadgen_cpu_us_per_request_*`, `*_target_cpu_us_per_request_*`): on a 2-core machine all three share
+the cores, so a dear generator flattens the differences between relays.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ zones:
 devices:
   target:
     zone: cell-a
-    modbus: {{host: 127.0.0.1, port: {target}, units: [1], max_connections: 1, pipelining: true, timeout: 5s}}
+    modbus: {{host: 127.0.0.1, port: {target}, units: [1], max_connections: 1, pipelining: true, pipeline_depth: 64, timeout: 5s}}
 principals:
   operator: {{tls_role: Operator}}
 rules:
@@ -257,6 +265,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -301,8 +314,10 @@ def relay(system: str, work: Path, pki: DevPki, target: int) -> Iterator[tuple[i
     if system == "zonegate":
         policy = work / "bench-policy.yaml"
         policy.write_text(POLICY.format(target=target, port=port, metrics=free_port()))
+        # As a user starts it (the launcher sets its own malloc tunables), but without the boundary table:
+        # the other relays run without one, and the host's own firewall is not the benchmark's to change.
         argv = [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
-                "--log-level", "warning"]
+                "--log-level", "warning", "--no-firewall"]
         with _process(argv, port) as process:
             yield port, process.pid
         return
@@ -368,7 +383,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {os.uname().release}", "tls": "1.3, ECDSA P-256"}
     warmup, duration = (0.2, 0.5) if args.quick else (1.0, args.duration)
     rate_duration = 0.5 if args.quick else args.duration
-    with _process([sys.executable, __file__, "--serve-target", str(target_port)], target_port):
+    with _process([sys.executable, __file__, "--serve-target", str(target_port)], target_port) as target:
         for system in args.systems:
             if not available(system):
                 print(f"# {system}: not installed, skipped", file=sys.stderr)
@@ -377,8 +392,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 tls = None if system == "direct" else context
                 for clients in args.clients:
                     cpu_before = _cpu_seconds(pid) if pid else 0.0
+                    load_before, target_before = _own_cpu_seconds(), _cpu_seconds(target.pid)
                     result = await closed_loop(port, tls, clients, warmup, duration)
                     cpu = (_cpu_seconds(pid) - cpu_before) if pid else 0.0
+                    load_cpu, target_cpu = _own_cpu_seconds() - load_before, _cpu_seconds(target.pid) - target_before
                     out[f"{system}_rps_{clients}"] = round(result.rps)
                     out[f"{system}_p50_{clients}_us"] = round(result.percentile(50), 1)
                     out[f"{system}_p99_{clients}_us"] = round(result.percentile(99), 1)
@@ -387,6 +404,10 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         # CPU over warm-up and measurement, per request measured (an upper bound)
                         total = result.requests * (warmup + duration) / duration
                         out[f"{system}_cpu_us_per_request_{clients}"] = round(cpu / total * 1e6, 1)
+                    if result.requests:
+                        total = result.requests * (warmup + duration) / duration
+                        out[f"{system}_loadgen_cpu_us_per_request_{clients}"] = round(load_cpu / total * 1e6, 1)
+                        out[f"{system}_target_cpu_us_per_request_{clients}"] = round(target_cpu / total * 1e6, 1)
                     if result.errors:
                         out[f"{system}_errors_{clients}"] = result.errors
                 fixed = await fixed_rate(port, tls, 16, 2000.0, warmup, rate_duration)

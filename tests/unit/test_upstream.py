@@ -140,6 +140,18 @@ def test_pipelining_device_gets_requests_in_parallel() -> None:
     with_device(device, body)
 
 
+def test_pipeline_depth_bounds_the_requests_in_flight() -> None:
+    device = Device(batch=5)  # answers only when five requests are waiting: more in flight would show
+
+    async def body(port: int) -> None:
+        pool = DevicePool(settings(port, pipelining=True, pipeline_depth=5))
+        sink = await submit_all(pool, [request(i, i) for i in range(25)])
+        assert len(sink.replies) == 25 and device.max_waiting == 5
+        pool.close()
+
+    with_device(device, body)
+
+
 def test_a_device_that_needs_pipelining_times_out_without_it() -> None:
     device = Device(batch=2)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -25,12 +25,10 @@ from prometheus_client.registry import Collector
 
 from zonegate.controlplane.pki import load_certificate
 from zonegate.controlplane.policy.functions import FUNCTION_NAMES
-from zonegate.dataplane.upstream import PoolObserver
+from zonegate.dataplane.upstream import LATENCY_BOUNDS, PoolObserver
 from zonegate.engine import REASONS, VERDICTS
 
-LATENCY_BUCKETS: Final = (
-    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-)
+LATENCY_BUCKETS: Final = LATENCY_BOUNDS  # the data plane updates its series in place with these
 
 
 def function_name(fc: int) -> str:
@@ -48,11 +46,16 @@ class _Histograms:
         self.series: dict[str, list[float]] = {}  # value -> [count per bucket..., +Inf count, sum]
 
     def observe(self, value: str, seconds: float) -> None:
+        series = self.series_for(value)
+        series[bisect.bisect_left(self.bounds, seconds)] += 1
+        series[-1] += seconds
+
+    def series_for(self, value: str) -> list[float]:
+        """The live series of one label value, for a caller that updates it in place (see `observe`)."""
         series = self.series.get(value)
         if series is None:
             series = self.series[value] = [0.0] * (len(self.bounds) + 2)
-        series[bisect.bisect_left(self.bounds, seconds)] += 1
-        series[-1] += seconds
+        return series
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
@@ -71,6 +74,9 @@ class _RequestMetrics(Collector):
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str, int, int, int], int] = {}
+        # Decisions counted with verdict and reason by name: the OPC UA converter's writes, whose refusals
+        # before the engine (tag limits, wrong type) have reasons of their own.
+        self.named: dict[tuple[str, str, str, int, str, str], int] = {}
         self.gateway = _Histograms("zonegate_gateway_latency_seconds",
                                    "Time zonegate added to a forwarded request (total minus upstream)",
                                    "conduit", LATENCY_BUCKETS)
@@ -86,6 +92,8 @@ class _RequestMetrics(Collector):
             family.add_metric(
                 [conduit, principal, device, function_name(fc), VERDICTS[verdict], REASONS[reason]], count
             )
+        for (conduit, principal, device, fc, verdict_name, reason_name), count in sorted(dict(self.named).items()):
+            family.add_metric([conduit, principal, device, function_name(fc), verdict_name, reason_name], count)
         yield family
         yield self.gateway.family()
         yield self.upstream.family()
@@ -118,6 +126,56 @@ class _CertificateExpiry(Collector):
                 continue
             family.add_metric([owner, role], (cert.not_valid_after_utc - now).total_seconds())
         yield family
+
+
+# The OPC UA converter's own write refusals, before the engine (besides the engine's REASONS).
+CONVERTER_REASONS: Final = ("not_writable", "type_mismatch", "tag_limits", "bad_value")
+OpcuaSnapshot = Mapping[str, Any]
+"""What the OPC UA converter reports at scrape time (`OpcuaConverter.snapshot`): `sessions` (int),
+`refused` (reason -> count), `cycles` ((device, scan class) -> (count, sum, per-bucket counts)),
+`bad` (device -> variables not Good), `buckets` (the cycle histogram's upper bounds)."""
+
+
+class _OpcuaMetrics(Collector):
+    """The OPC UA converter's sessions, refusals, poll cycles and Bad variables, read at scrape time.
+
+    Labels are bounded by the policy: devices and scan classes are the policy's, reasons a fixed set.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], OpcuaSnapshot] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is None:
+            return
+        try:
+            snap = source()
+        except RuntimeError:  # the converter's maps changed under the scrape thread: skip this scrape
+            return
+        yield GaugeMetricFamily("zonegate_opcua_sessions", "OPC UA sessions activated and open",
+                                value=snap["sessions"])
+        refused = CounterMetricFamily("zonegate_opcua_refused", "OPC UA channels, sessions and users refused, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(snap["refused"].items()):
+            refused.add_metric([reason], count)
+        yield refused
+        cycles = HistogramMetricFamily("zonegate_opcua_poll_cycle_seconds",
+                                       "Duration of one poll cycle of a device's scan class (its reads, concurrently)",
+                                       labels=["device", "scan"])
+        bounds = [*map(str, snap["buckets"]), "+Inf"]
+        for (device, scan), (_count, total, per_bucket) in sorted(snap["cycles"].items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip(bounds, per_bucket):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            cycles.add_metric([device, scan], buckets, total)
+        yield cycles
+        bad = GaugeMetricFamily("zonegate_opcua_bad_variables", "OPC UA variables whose status is not Good, by device",
+                                labels=["device"])
+        for device, count in sorted(snap["bad"].items()):
+            bad.add_metric([device], count)
+        yield bad
 
 
 class Metrics(PoolObserver):
@@ -153,6 +211,8 @@ class Metrics(PoolObserver):
         )
         self.expiry = _CertificateExpiry()
         r.register(self.expiry)
+        self.opcua = _OpcuaMetrics()
+        r.register(self.opcua)
         self._policy_hash: str | None = None
         self._server: WSGIServer | None = None
 
@@ -163,8 +223,33 @@ class Metrics(PoolObserver):
         key = (conduit, principal, device, fc, verdict, reason)
         requests[key] = requests.get(key, 0) + 1
 
+    def count_named_request(self, conduit: str, principal: str, device: str, fc: int, verdict: str,
+                            reason: str) -> None:
+        """A decision whose verdict and reason are names (engine VERDICTS/REASONS or CONVERTER_REASONS)."""
+        named = self.per_request.named
+        key = (conduit, principal, device, fc, verdict, reason)
+        named[key] = named.get(key, 0) + 1
+
+    def watch_opcua(self, source: Callable[[], OpcuaSnapshot] | None) -> None:
+        """Export the converter's state from `source()` at each scrape (None: stop exporting it)."""
+        self.opcua.source = source
+
     def gateway_latency_observe(self, conduit: str, seconds: float) -> None:
         self.per_request.gateway.observe(conduit, seconds)
+
+    # -- cached children: the data plane holds these and updates them in place, no lookup per request ----
+
+    def request_counts(self) -> dict[tuple[str, str, str, int, int, int], int]:
+        """The live request counter: (conduit, principal, device, fc, verdict, reason) -> count."""
+        return self.per_request.requests
+
+    def gateway_latency_series(self, conduit: str) -> list[float]:
+        """The live gateway latency series of `conduit`: bucket `bisect_left(LATENCY_BUCKETS, s)` += 1,
+        then [-1] += s."""
+        return self.per_request.gateway.series_for(conduit)
+
+    def upstream_latency_series(self, device: str) -> list[float] | None:
+        return self.per_request.upstream.series_for(device)
 
     # -- PoolObserver -------------------------------------------------------------------------------------
 

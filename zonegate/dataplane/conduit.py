@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
+from bisect import bisect_left
 from dataclasses import replace
-from typing import Any, Final
+from time import monotonic
+from typing import Any, Final, NamedTuple
 
 from zonegate import _engine
 from zonegate.controlplane.audit import AuditLog, utc_now
@@ -25,7 +26,7 @@ from zonegate.controlplane.tls import client_context, server_context
 from zonegate.dataplane.config import DeviceSettings, ListenerSettings, RuntimeSettings
 from zonegate.dataplane.listener import ClientConnection, Listener
 from zonegate.dataplane.transparent import DeviceMap
-from zonegate.dataplane.upstream import GATEWAY_PATH_UNAVAILABLE, DevicePool, Pending
+from zonegate.dataplane.upstream import GATEWAY_PATH_UNAVAILABLE, LATENCY_BOUNDS, DevicePool, Pending
 from zonegate.engine import MALFORMED, REASONS, TABLES, UNKNOWN_INDEX, VERDICTS, CompiledPolicy, exception_response
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,27 @@ WRITE_FUNCTIONS: Final = frozenset((5, 6, 15, 16, 21, 22, 23))
 UNKNOWN: Final = "unknown"
 
 
+class Route(NamedTuple):
+    """Where one client's requests for one unit go under one policy generation (cached per client)."""
+
+    device: str | None
+    device_index: int
+    pool: DevicePool | None
+    principal_label: str
+    device_label: str
+    request_timeout: float
+
+
 class _Generation:
     """One policy in force: the engine, settings, routes and TLS contexts built from it."""
 
-    __slots__ = ("number", "policy", "settings", "routes", "ssl_contexts", "device_indices")
+    __slots__ = ("number", "policy", "engine", "settings", "routes", "ssl_contexts", "device_indices")
 
     def __init__(self, number: int, settings: RuntimeSettings) -> None:
         self.number = number
         self.settings = settings
         self.policy = CompiledPolicy(dict(settings.ir))
+        self.engine = self.policy.engine
         # (listener, unit) -> device name; filled lazily
         self.routes: dict[tuple[str, int], str | None] = {}
         self.device_indices = {name: self.policy.device_index(name) for name in settings.devices}
@@ -83,6 +96,10 @@ class Conduit:
         self.generation = _Generation(1, settings)
         self.pools: dict[str, DevicePool] = {}
         self.listeners: list[Listener] = []
+        self.request_counts = metrics.request_counts()
+        self.gateway_series: dict[str, list[float]] = {}
+        self.dirty: list[ClientConnection] = []  # clients with replies to write at the end of this pass
+        self.flush_scheduled = False
         self._build_pools(settings)
         self.metrics.policy_loaded(settings.source_hash)
         self._watch_certificates(settings)
@@ -165,44 +182,84 @@ class Conduit:
 
     # -- per request --------------------------------------------------------------------------------------
 
-    def handle(self, client: ClientConnection, adu: bytes) -> None:
-        """Decide one complete request ADU from `client` and answer or forward it."""
+    def handle(self, client: ClientConnection, adu: bytes, now: float) -> None:
+        """Decide one complete request ADU from `client` (read at `now`) and answer or forward it."""
         generation = self.generation
         if client.principal_generation != generation.number:  # first request, or a reload since the last
-            client.principal = client.resolve_principal(generation.settings)
-            client.principal_generation = generation.number
-            client.principal_index = (
-                generation.policy.principal_index(client.principal) if client.principal else UNKNOWN_INDEX
-            )
-        unit = adu[6]
+            self._resolve(client, generation)
+        route = client.routes.get(adu[6])
+        if route is None:
+            route = self._route(client, generation, adu[6])
+        decision = generation.engine.decide(client.principal_index, route.device_index, adu)
+        verdict = decision.verdict
+        function = decision.function
+        counts = self.request_counts
+        key = (client.name, route.principal_label, route.device_label, function, verdict, decision.reason)
+        counts[key] = counts.get(key, 0) + 1
+        if verdict == VERDICT_DENY:
+            self._audit(client, route.device, adu, decision)
+            client.answer(exception_response(adu, decision.exception_code or 0x01))
+            return
+        if verdict == VERDICT_WOULD_DENY or function in WRITE_FUNCTIONS:
+            self._audit(client, route.device, adu, decision)
+        pool = route.pool
+        if pool is None:
+            client.answer(exception_response(adu, GATEWAY_PATH_UNAVAILABLE))
+            return
+        client.outstanding += 1
+        pool.submit(Pending(adu, client, now, now + route.request_timeout))
+
+    def _resolve(self, client: ClientConnection, generation: _Generation) -> None:
+        client.principal = client.resolve_principal(generation.settings)
+        client.principal_generation = generation.number
+        client.principal_index = (
+            generation.policy.principal_index(client.principal) if client.principal else UNKNOWN_INDEX
+        )
+        client.routes = {}
+
+    def _route(self, client: ClientConnection, generation: _Generation, unit: int) -> Route:
         if client.device is not None:  # a diverted client dialled its device; a reload may have dropped it
             device = client.device if client.device in client.listener.settings.devices else None
         else:
             device = generation.route(client.name, unit)
-        device_index = generation.device_indices.get(device, UNKNOWN_INDEX) if device else UNKNOWN_INDEX
-        decision = generation.policy.engine.decide(client.principal_index, device_index, adu)
-        verdict = decision.verdict
-        principal_label = client.principal or UNKNOWN
-        device_label = device or UNKNOWN
-        self.metrics.count_request(client.name, principal_label, device_label, decision.function, verdict,
-                                   decision.reason)
-        if verdict == VERDICT_DENY:
-            self._audit(client, device, adu, decision)
-            client.answer(exception_response(adu, decision.exception_code or 0x01))
-            return
-        if verdict == VERDICT_WOULD_DENY or decision.function in WRITE_FUNCTIONS:
-            self._audit(client, device, adu, decision)
-        pool = self.pools.get(device) if device else None
-        if pool is None:
-            client.answer(exception_response(adu, GATEWAY_PATH_UNAVAILABLE))
-            return
-        now = time.monotonic()
-        client.outstanding += 1
-        pool.submit(Pending(adu, client, now, now + client.listener.settings.request_timeout))
+        route = Route(
+            device=device,
+            device_index=generation.device_indices.get(device, UNKNOWN_INDEX) if device else UNKNOWN_INDEX,
+            pool=self.pools.get(device) if device else None,
+            principal_label=client.principal or UNKNOWN,
+            device_label=device or UNKNOWN,
+            request_timeout=client.listener.settings.request_timeout,
+        )
+        client.routes[unit] = route
+        return route
 
-    def forwarded_reply(self, client: ClientConnection, adu: bytes, pending: Pending) -> None:
-        total = time.monotonic() - pending.started
-        self.metrics.gateway_latency_observe(client.name, max(0.0, total - pending.upstream_seconds))
+    def forwarded_reply(self, client: ClientConnection, pending: Pending) -> None:
+        seconds = (pending.answered or monotonic()) - pending.started - pending.upstream_seconds
+        if seconds < 0.0:
+            seconds = 0.0
+        series = self.gateway_series.get(client.name)
+        if series is None:
+            series = self.gateway_series[client.name] = self.metrics.gateway_latency_series(client.name)
+        series[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        series[-1] += seconds
+
+    def flush_later(self, client: ClientConnection) -> None:
+        """Write `client`'s replies at the end of this loop pass, with every other client's: one callback."""
+        self.dirty.append(client)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self.flush_scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for client in dirty:
+            if client.flush_scheduled:
+                try:
+                    client.flush()
+                except Exception:  # one client's transport failing must not keep the others' replies
+                    log.exception("%s: internal error writing to %s", client.name, client.identity.peer)
+                    client.close()
 
     # -- audit ----------------------------------------------------------------------------------------------
 

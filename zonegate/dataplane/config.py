@@ -37,6 +37,7 @@ class DeviceSettings:
     units: UnitRanges = None
     max_connections: int = 1
     pipelining: bool = False
+    pipeline_depth: int = 16  # in flight per connection when pipelining
     timeout: float = 2.0
     tls: TlsFiles | None = None  # set for a level-3 Modbus/TCP Security server (outbound conduit)
 
@@ -117,6 +118,7 @@ def from_policy(policy: Any) -> RuntimeSettings:
             units=_units(compiled.get("units")),
             max_connections=int(modbus.max_connections),
             pipelining=bool(modbus.pipelining),
+            pipeline_depth=int(modbus.pipeline_depth),
             timeout=float(modbus.timeout),
             tls=_tls_files(getattr(modbus, "tls", None)),
         )

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from time import monotonic
 from typing import TYPE_CHECKING, Final, cast
 
 from zonegate import _engine
+from zonegate._engine import split
 from zonegate.controlplane.tls import HANDSHAKE_TIMEOUT, failure_reason
 from zonegate.dataplane.config import ListenerSettings, RuntimeSettings
 from zonegate.dataplane.identity import Identity, tls_identity
@@ -29,15 +30,24 @@ from zonegate.dataplane.upstream import Pending
 from zonegate.engine import SPLIT_INVALID_REASONS
 
 if TYPE_CHECKING:
-    from zonegate.dataplane.conduit import Conduit
+    from zonegate.dataplane.conduit import Conduit, Route
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_BUFFER: Final = 64 * 1024
+_COMPLETE: Final = _engine.COMPLETE
+_INCOMPLETE: Final = _engine.INCOMPLETE
 
 
 class ClientConnection(asyncio.Protocol):
     """One client of one listener."""
+
+    # A thousand idle clients are a thousand of these: no per-instance dict.
+    __slots__ = (
+        "listener", "conduit", "name", "transport", "identity", "principal", "principal_generation",
+        "principal_index", "routes", "buffer", "outstanding", "paused", "closed", "ready", "last_activity",
+        "out", "flush_scheduled", "draining", "raw_phase", "early", "transport_raw", "peer_host", "device",
+    )
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -48,12 +58,13 @@ class ClientConnection(asyncio.Protocol):
         self.principal: str | None = None  # resolved at the first request under each policy generation
         self.principal_generation = -1
         self.principal_index = 0
+        self.routes: dict[int, Route] = {}  # unit -> route under principal_generation
         self.buffer = b""
         self.outstanding = 0
         self.paused = False
         self.closed = False
         self.ready = False
-        self.last_activity = time.monotonic()
+        self.last_activity = monotonic()
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.draining = False  # framing failed: answer what is in flight, read nothing more
@@ -136,9 +147,9 @@ class ClientConnection(asyncio.Protocol):
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.identity = tls_identity(der, self.identity.peer)
         self.ready = True
-        self.last_activity = time.monotonic()
+        self.last_activity = monotonic()
         if self.buffer:
-            self._process()
+            self._process(self.last_activity)
 
     def resolve_principal(self, settings: RuntimeSettings) -> str | None:
         """The principal this connection is under `settings`: by certificate (TLS) or source address."""
@@ -186,36 +197,45 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.draining:
             return
-        self.last_activity = time.monotonic()
-        self.buffer = self.buffer + data if self.buffer else data
-        if len(self.buffer) > MAX_CLIENT_BUFFER:
+        self.last_activity = now = monotonic()
+        if self.buffer:
+            self.buffer += data
+            if len(self.buffer) > MAX_CLIENT_BUFFER:
+                self._fail("overflow")
+                return
+        elif len(data) > MAX_CLIENT_BUFFER:
             self._fail("overflow")
             return
+        else:
+            self.buffer = data
         if self.ready and not self.paused:
-            self._process()
+            self._process(now)
 
-    def _process(self) -> None:
+    def _process(self, now: float) -> None:
+        """Frame and hand over every complete ADU buffered, within `max_outstanding`."""
         buf = self.buffer
+        end = len(buf)
         offset = 0
-        split = _engine.split
+        handle = self.conduit.handle
         max_outstanding = self.listener.settings.max_outstanding
-        while not self.closed and not self.draining:
+        while offset < end and not self.closed and not self.draining:
             if self.outstanding >= max_outstanding:
                 if not self.paused and self.transport is not None:
                     self.paused = True
                     self.transport.pause_reading()
                 break
+            # Slicing a bytes object whole returns it uncopied: one ADU per read costs no copy.
             status, n = split(buf[offset:] if offset else buf)
-            if status == _engine.COMPLETE:
+            if status == _COMPLETE:
                 adu = buf[offset : offset + n]
                 offset += n
                 try:
-                    self.conduit.handle(self, adu)
+                    handle(self, adu, now)
                 except Exception:  # an internal fault: fail closed for this client, keep serving others
                     log.exception("%s: internal error on a request from %s", self.name, self.identity.peer)
                     self._fail("internal_error")
                     return
-            elif status == _engine.INCOMPLETE:
+            elif status == _INCOMPLETE:
                 break
             else:
                 self._fail(SPLIT_INVALID_REASONS[n] if 0 <= n < len(SPLIT_INVALID_REASONS) else "invalid")
@@ -241,26 +261,35 @@ class ClientConnection(asyncio.Protocol):
         self._gone()
 
     def answer(self, adu: bytes) -> None:
-        """Send a reply (in order of answering; Modbus clients match by transaction id)."""
+        """Send a reply (in order of answering; Modbus clients match by transaction id).
+
+        Replies are written once per loop pass, together: one TLS record and one system call for all
+        the replies a client gets in that pass.
+        """
         if self.closed or self.transport is None:
             return
         self.out.append(adu)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.conduit.loop.call_soon(self.flush)
+            self.conduit.flush_later(self)
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        if self.out and self.transport is not None and not self.transport.is_closing():
-            data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
-            self.out.clear()
+        out = self.out
+        if out and self.transport is not None and not self.transport.is_closing():
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             self.transport.write(data)
 
     def deliver(self, adu: bytes, pending: Pending) -> None:
         """A forwarded request's reply (or fault answer) from the upstream pool."""
         self.outstanding -= 1
-        self.conduit.forwarded_reply(self, adu, pending)
-        self.answer(adu)
+        self.conduit.forwarded_reply(self, pending)
+        if not self.closed and self.transport is not None:
+            self.out.append(adu)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.conduit.flush_later(self)
         if self.draining:
             if self.outstanding == 0:
                 self._close_now()
@@ -270,7 +299,7 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.resume_reading()
             if self.buffer:
-                self._process()
+                self._process(monotonic())
 
 
 class Listener:
@@ -313,7 +342,7 @@ class Listener:
         self.sweep_handle = self.conduit.loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        cutoff = time.monotonic() - self.settings.idle_timeout
+        cutoff = monotonic() - self.settings.idle_timeout
         for connection in list(self.connections):
             # A handshake in progress is bounded by its own timeout.
             if connection.ready and connection.last_activity < cutoff and connection.outstanding == 0:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
+from bisect import bisect_left
 from collections import deque
+from time import monotonic
 from typing import Final, Protocol, cast
 
 from zonegate import _engine
+from zonegate._engine import response_matches, split
 from zonegate.dataplane.config import DeviceSettings
 from zonegate.engine import exception_response
 
@@ -34,11 +36,17 @@ log = logging.getLogger(__name__)
 GATEWAY_PATH_UNAVAILABLE: Final = 0x0A
 GATEWAY_TARGET_NO_RESPONSE: Final = 0x0B
 SERVER_BUSY: Final = 0x06
-PIPELINE_DEPTH: Final = 16  # in flight per connection when the device allows pipelining
 MAX_QUEUED: Final = 1024  # waiting for a connection, per device
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 MAX_REPLY_BUFFER: Final = 4096
+# The bounds of the latency histograms (zonegate.controlplane.metrics.LATENCY_BUCKETS is this): a series
+# from `PoolObserver.upstream_latency_series` is updated in place with them.
+LATENCY_BOUNDS: Final = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)
+_COMPLETE: Final = _engine.COMPLETE
+_INCOMPLETE: Final = _engine.INCOMPLETE
 
 
 class ReplySink(Protocol):
@@ -59,11 +67,16 @@ class PoolObserver:
     def upstream_latency(self, device: str, seconds: float) -> None:
         pass
 
+    def upstream_latency_series(self, device: str) -> list[float] | None:
+        """A live histogram series (counts per LATENCY_BOUNDS bucket, +Inf, then the sum) the pool
+        updates in place instead of calling `upstream_latency`; None to be called instead."""
+        return None
+
 
 class Pending:
     """One forwarded request, from the client's write to the reply (or its fault answer)."""
 
-    __slots__ = ("adu", "sink", "started", "deadline", "sent", "upstream_seconds", "tag")
+    __slots__ = ("adu", "sink", "started", "deadline", "sent", "upstream_seconds", "answered", "tag")
 
     def __init__(self, adu: bytes, sink: ReplySink, started: float, deadline: float, tag: object = None) -> None:
         self.adu = adu
@@ -72,6 +85,7 @@ class Pending:
         self.deadline = deadline
         self.sent = 0.0
         self.upstream_seconds = 0.0
+        self.answered = 0.0  # when the reply (or fault answer) was handed to the sink
         self.tag = tag  # the client's own bookkeeping, carried back in deliver()
 
 
@@ -116,30 +130,35 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data if self.buffer else data
-        split = _engine.split
+        end = len(buf)
         offset = 0
-        while True:
-            status, n = split(buf[offset:] if offset else buf)
-            if status == _engine.COMPLETE:
-                try:
-                    self._reply(buf[offset : offset + n])
-                except Exception:  # an internal fault: drop this connection (its requests answer 0x0B)
-                    log.exception("device %s: internal error on a reply", self.pool.settings.name)
+        pool = self.pool
+        now = monotonic()
+        try:
+            while offset < end:
+                # Slicing a bytes object whole returns it uncopied: one reply per read costs no copy.
+                status, n = split(buf[offset:] if offset else buf)
+                if status == _COMPLETE:
+                    self._reply(buf[offset : offset + n], now)
+                    offset += n
+                elif status == _INCOMPLETE:
+                    break
+                else:
                     self.buffer = b""
-                    self._abort("internal_error")
-                    return
-                offset += n
-            elif status == _engine.INCOMPLETE:
-                self.buffer = buf[offset:]
-                if len(self.buffer) > MAX_REPLY_BUFFER:
                     self._abort("bad_reply")
-                return
-            else:
-                self.buffer = b""
-                self._abort("bad_reply")
-                return
+                    return
+        except Exception:  # an internal fault: drop this connection (its requests answer 0x0B)
+            log.exception("device %s: internal error on a reply", pool.settings.name)
+            self.buffer = b""
+            self._abort("internal_error")
+            return
+        self.buffer = buf[offset:] if offset else buf
+        if len(self.buffer) > MAX_REPLY_BUFFER:
+            self._abort("bad_reply")
+            return
+        pool.dispatch()  # once per read: the room these replies made goes to the queue together
 
-    def _reply(self, adu: bytes) -> None:
+    def _reply(self, adu: bytes, now: float) -> None:
         tid = int.from_bytes(adu[0:2], "big")
         pending = self.inflight.get(tid)
         if pending is None or len(adu) < 8:
@@ -147,16 +166,21 @@ class _Connection(asyncio.Protocol):
             return
         request = pending.adu
         reply = request[0:2] + adu[2:]  # the client's transaction id back in place
-        if not _engine.response_matches(request, reply):  # well formed, same unit, fc or fc | 0x80
+        if not response_matches(request, reply):  # well formed, same unit, fc or fc | 0x80
             self.pool.observer.upstream_fault(self.pool.settings.name, "unmatched_reply")
             return
         del self.inflight[tid]
-        self.pool.inflight -= 1
-        now = time.monotonic()
-        pending.upstream_seconds = now - pending.sent
-        self.pool.observer.upstream_latency(self.pool.settings.name, pending.upstream_seconds)
+        pool = self.pool
+        pool.inflight -= 1
+        seconds = pending.upstream_seconds = now - pending.sent
+        pending.answered = now
+        series = pool.latency_series
+        if series is not None:
+            series[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+            series[-1] += seconds
+        else:
+            pool.observer.upstream_latency(pool.settings.name, seconds)
         pending.sink.deliver(reply, pending)
-        self.pool.dispatch()
 
     def _abort(self, kind: str) -> None:
         self.pool.observer.upstream_fault(self.pool.settings.name, kind)
@@ -191,10 +215,11 @@ class DevicePool:
         self.up: bool | None = None
         self.closed = False
         self.retiring = False
-        self.depth = PIPELINE_DEPTH if settings.pipelining else 1
+        self.depth = settings.pipeline_depth if settings.pipelining else 1
         self.tick = max(0.01, min(0.1, settings.timeout / 5))
         self.sweep_handle: asyncio.TimerHandle | None = None
         self.inflight = 0  # sent and not yet answered, over all connections
+        self.latency_series = self.observer.upstream_latency_series(settings.name)
         self.connect_tasks: set[asyncio.Task[None]] = set()
 
     # -- requests --------------------------------------------------------------------------------------
@@ -204,7 +229,15 @@ class DevicePool:
         if self.closed:
             self._answer(pending, GATEWAY_PATH_UNAVAILABLE)
             return
-        if not self.connections and time.monotonic() < self.down_until:
+        if not self.queue:
+            # The common case: a connection has room; send now, without queueing.
+            for connection in self.connections:
+                if len(connection.inflight) < self.depth:
+                    connection.send(pending, pending.started)
+                    if self.sweep_handle is None:
+                        self.sweep_handle = self.loop.call_later(self.tick, self._sweep)
+                    return
+        if not self.connections and monotonic() < self.down_until:
             self.observer.upstream_fault(self.settings.name, "unavailable")
             self._answer(pending, GATEWAY_PATH_UNAVAILABLE)
             return
@@ -218,7 +251,7 @@ class DevicePool:
     def dispatch(self) -> None:
         queue = self.queue
         if queue:
-            now = time.monotonic()
+            now = monotonic()
             for connection in self.connections:
                 while queue and len(connection.inflight) < self.depth:
                     connection.send(queue.popleft(), now)
@@ -233,6 +266,7 @@ class DevicePool:
             self.close()
 
     def _answer(self, pending: Pending, code: int) -> None:
+        pending.answered = monotonic()
         pending.sink.deliver(exception_response(pending.adu, code), pending)
 
     # -- connections ------------------------------------------------------------------------------------
@@ -279,7 +313,7 @@ class DevicePool:
                     self.settings.port, exc or type(exc).__name__)
         self.observer.upstream_fault(self.settings.name, "connect_failed")
         self.backoff = BACKOFF_FIRST if self.backoff == 0 else min(BACKOFF_MAX, self.backoff * 2)
-        self.down_until = time.monotonic() + self.backoff
+        self.down_until = monotonic() + self.backoff
         self._set_up(False)
         if not self.connections:
             while self.queue:
@@ -308,7 +342,7 @@ class DevicePool:
 
     def _sweep(self) -> None:
         self.sweep_handle = None
-        now = time.monotonic()
+        now = monotonic()
         expired: list[Pending] = []
         for connection in self.connections:
             late = [tid for tid, p in connection.inflight.items() if p.deadline <= now]
