@@ -80,6 +80,7 @@ bench: benchdeps install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_replay.py
 	$(PY) benchmarks/bench_relay.py
+	$(PY) benchmarks/bench_opcua.py
 
 clean:
 	rm -rf $(VENV) rust_ext/target

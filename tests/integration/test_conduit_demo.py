@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_tour(tmp_path: Path) -> None:
     text = (ROOT / "policies" / "demo.yaml").read_text()
-    for port in ("5020", "8802", "8803", "8502", "9802"):
+    for port in ("5020", "8802", "8803", "8502", "9802", "4840"):
         text = text.replace(f":{port}", f":{free_port()}").replace(f"port: {port}", f"port: {free_port()}")
     policy = tmp_path / "demo.yaml"
     policy.write_text(text)
@@ -27,9 +27,17 @@ def test_demo_tour(tmp_path: Path) -> None:
     assert "refused with Modbus exception 01" in out
     assert "forwarded and written (mode monitor)" in out
     audit = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert [(r["verdict"], r["values"]) for r in audit][:3] == [
+    modbus = [r for r in audit if r["conduit"] != "opcua"]
+    assert [(r["verdict"], r["values"]) for r in modbus][:3] == [
         ("allow", [800]), ("deny", [5000]), ("would_deny", [5000])]
     assert 'zonegate_requests_total{conduit="l3-modbus-security"' in out
+    # the OPC UA part: the same PLC's tags read, the operator's write allowed, the historian's refused
+    assert "OPC UA on opc.tcp://127.0.0.1:" in out and "Tank/Level = " in out
+    assert "holding 100 on the PLC is now 600" in out
+    assert "refused with BadUserAccessDenied; the PLC never saw it (0 writes reached it" in out
+    opcua = [(r["principal"]["opcua_user"], r["verdict"], r["value"]) for r in audit if r["conduit"] == "opcua"]
+    assert opcua == [("operator", "allow", 60.0), ("historian", "deny", 90.0)]
+    assert 'zonegate_requests_total{conduit="opcua"' in out and "zonegate_opcua_sessions" in out
 
 
 def test_demo_serve_keeps_running_until_sigterm(tmp_path: Path) -> None:
@@ -44,7 +52,7 @@ def test_demo_serve_keeps_running_until_sigterm(tmp_path: Path) -> None:
     text = (ROOT / "policies" / "demo.yaml").read_text()
     listen = free_port()
     text = text.replace("127.0.0.1:8802", f"127.0.0.1:{listen}")
-    for port in ("5020", "8803", "8502", "9802"):
+    for port in ("5020", "8803", "8502", "9802", "4840"):
         text = text.replace(f":{port}", f":{free_port()}").replace(f"port: {port}", f"port: {free_port()}")
     policy = tmp_path / "demo.yaml"
     policy.write_text(text)

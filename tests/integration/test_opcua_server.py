@@ -25,7 +25,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from zonegate.controlplane.audit import AuditLog
 from zonegate.controlplane.pki import Authority, write_certificate, write_key
 from zonegate.controlplane.policy import load
-from zonegate.convert.opcua_pki import issue_application
+from zonegate.convert.opcua_pki import issue_application, issue_user
 from zonegate.convert.opcua_server import OpcuaConverter, start_opcua
 from zonegate.convert.opcua_tags import DEFAULT_APPLICATION_URI as SERVER_URI
 from zonegate.convert.opcua_users import hash_password
@@ -146,6 +146,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "client": issue_application(ca, "historian", CLIENT_URI),
         "stranger": issue_application(other, "stranger", CLIENT_URI),
         "revoked": issue_application(ca, "retired-laptop", CLIENT_URI),
+        # X.509 user certificates: the user name is the subject's common name
+        "user-historian": issue_user(ca, "historian"),
+        "user-nobody": issue_user(ca, "nobody"),
+        "user-stranger": issue_user(other, "historian"),
     }
     ca.revoked.append(pairs["revoked"][1].serial_number)
     (base / "ca.crl").write_bytes(ca.crl().public_bytes(serialization.Encoding.PEM))
@@ -571,6 +575,52 @@ def test_wrong_password_unknown_user_and_anonymous_are_refused(tmp_path: Path, p
     run(scenario())
 
 
+def test_x509_user_certificates_map_to_principals(tmp_path: Path, pki: Pki) -> None:
+    async def user_client(url: str, name: str, policy: str = "Basic256Sha256") -> Client:
+        client = await secure_client(url, pki, policy=policy, user=None, password=None)
+        cert, key = pki.client_pair(name)
+        await client.load_client_certificate(str(cert))
+        await client.load_private_key(str(key))
+        return client
+
+    async def scenario() -> None:
+        async with rig(tmp_path, pki) as r:
+            for policy in SECURITY:  # each policy signs the user token its own way (SHA-256, PSS)
+                async with await user_client(r.url, "user-historian", policy) as client:
+                    await good_value(tag_node(client, r.converter, "Ticks"), 7)
+                    await tag_node(client, r.converter, "Setpoint").write_value(
+                        ua.DataValue(ua.Variant(640, ua.VariantType.UInt16)))
+                    assert await r.plc_read(100) == [640]
+            written = [rec for rec in r.audit_records() if rec["verdict"] == "allow"]
+            assert written[-1]["principal"] == {"name": "historian", "opcua_user": "historian"}
+            for name in ("user-stranger", "user-nobody"):
+                client = await user_client(r.url, name)
+                with pytest.raises(ua.UaStatusCodeError) as caught:
+                    await client.connect()
+                assert caught.value.code == ua.StatusCodes.BadUserAccessDenied, name
+                client.disconnect_socket()
+            assert r.converter.users.refused_by == {"user_certificate_untrusted": 1, "no_principal": 1}
+
+    run(scenario())
+
+
+def test_a_user_name_token_never_counts_the_application_certificate_as_a_user(tmp_path: Path, pki: Pki) -> None:
+    """asyncua passes the channel's certificate to the user manager for every token; only a verified X.509
+    user token's certificate names a user."""
+    from zonegate.convert.opcua_users import PasswordFile, PrincipalUserManager, UserCertificate
+    from zonegate.convert.opcua_pki import TrustList
+
+    users = PrincipalUserManager(PasswordFile({}), {"historian": "historian"}, TrustList.load(pki.ca))
+    der = pki.client_pair("user-historian")[0].read_bytes()
+    from cryptography import x509 as _x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = _x509.load_pem_x509_certificate(der).public_bytes(Encoding.DER)
+    assert users.get_user(None, certificate=der) is None  # a plain certificate: no user
+    user = users.get_user(None, certificate=UserCertificate(der))
+    assert user is not None and (user.name, user.opcua_user) == ("historian", "historian")
+
+
 def test_sign_only_is_not_offered_by_default(tmp_path: Path, pki: Pki) -> None:
     async def scenario() -> None:
         async with rig(tmp_path, pki) as r:
@@ -578,7 +628,8 @@ def test_sign_only_is_not_offered_by_default(tmp_path: Path, pki: Pki) -> None:
             endpoints = await client.connect_and_get_server_endpoints()
             offered = {(e.SecurityPolicyUri.rsplit("#", 1)[1], e.SecurityMode) for e in endpoints}
             assert offered == {(name, ua.MessageSecurityMode.SignAndEncrypt) for name in SECURITY}
-            assert all(t.TokenType == ua.UserTokenType.UserName for e in endpoints for t in e.UserIdentityTokens)
+            assert {t.TokenType for e in endpoints for t in e.UserIdentityTokens} == {
+                ua.UserTokenType.UserName, ua.UserTokenType.Certificate}  # never Anonymous
 
     run(scenario())
 

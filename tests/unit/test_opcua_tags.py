@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -159,7 +161,8 @@ def test_limits() -> None:
         ({"table": "holding", "address": 0, "type": "decimal"}, "not one of"),
         ({"table": "registers", "address": 0, "type": "uint16"}, "table must be"),
         ({"table": "holding", "address": 0, "type": "uint16", "scale": 0}, "non-zero"),
-        ({"table": "holding", "address": 0, "type": "uint16", "min": 1}, "go together"),
+        ({"table": "holding", "address": 0, "type": "uint16", "min": 5, "max": 1}, "above max"),
+        ({"table": "holding", "address": 0, "type": "uint16", "max": 70000}, "outside what a uint16"),
         ({"table": "holding", "address": 0, "type": "uint16", "scan": "fast"}, "duration"),
         ({"table": "holding", "address": 0, "type": "uint16", "word_order": "middle"}, "word_order"),
     ],
@@ -314,3 +317,88 @@ def test_writers_are_principals_whose_rules_cover_the_whole_tag() -> None:
     ir["rules"][1]["allow"] = [adjacent]  # adjacent ranges of one entry join
     assert writers_of(ir, tag(address=100, type="uint32")) == {"engineer"}
     assert writers_of(ir, tag(address=100, device="other")) == {"viewer"}
+
+
+# -- the policy loader and the converter agree ------------------------------------------------------------
+
+AGREEMENT_POLICY = """\
+version: 1
+zones:
+  cell-a: {subnet: 192.168.10.0/24}
+devices:
+  plc:
+    zone: cell-a
+    modbus: {host: 127.0.0.1, port: 5020, units: [1], timeout: 3s}
+principals:
+  poller: {gateway: true}
+rules:
+  - id: poll
+    principal: poller
+    device: plc
+    allow:
+      - {functions: [read_holding_registers], holding: 0-199}
+opcua:
+  poll_principal: poller
+  tls: {cert: opcua.crt, key: opcua.key, ca: ca.crt}
+  %s
+tags:
+  plc:
+    - {name: Floor, table: holding, address: 0, type: int16, writable: true, min: -5}
+    - {name: Ceiling, table: holding, address: 1, type: uint16, writable: true, max: 1000}
+    - {name: Counter, table: holding, address: 4, type: uint64, writable: true, max: 18446744073709551615}
+    - {name: Odometer, table: holding, address: 8, type: uint64, writable: true, min: 18446744073709551000}
+"""
+
+
+def _load_agreement(tmp_path: Path, opcua_keys: str = "") -> Any:
+    from zonegate.controlplane.policy import load
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(AGREEMENT_POLICY % opcua_keys)
+    return load([policy_file], pki_dir=tmp_path)
+
+
+def test_a_lone_min_or_max_and_uint64_limits_mean_the_same_to_loader_and_converter(tmp_path: Path) -> None:
+    from zonegate.convert.opcua_tags import settings_from_policy, within_limits
+
+    policy = _load_agreement(tmp_path)
+    loaded = {t.name: t for t in policy.tags["plc"]}
+    served = {t.name: t for t in settings_from_policy(policy).tags}
+    for name in loaded:
+        assert (served[name].min, served[name].max) == (loaded[name].min, loaded[name].max), name
+    assert served["Counter"].max == 2**64 - 1 and isinstance(served["Counter"].max, int)  # exact, not a float
+    assert served["Counter"].type == "uint64" and served["Counter"].words == 4
+    cases = {
+        "Floor": [(-5, True), (-6, False), (32767, True)],
+        "Ceiling": [(1000, True), (1001, False), (0, True)],
+        "Counter": [(2**64 - 1, True), (2**64, False), (0, True)],
+        "Odometer": [(2**64 - 1, True), (18446744073709551000, True), (18446744073709550999, False)],
+    }
+    for name, values in cases.items():
+        for value, inside in values:
+            assert within_limits(served[name], value) is inside, (name, value)
+    assert encode(served["Counter"], 2**64 - 1) == [0xFFFF] * 4
+
+
+def test_a_uint64_limit_beyond_the_type_is_refused_by_both(tmp_path: Path) -> None:
+    from zonegate.controlplane.policy import PolicyError
+    from zonegate.convert.opcua_tags import tags_from_mapping
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text((AGREEMENT_POLICY % "").replace("18446744073709551615", "18446744073709551616"))
+    with pytest.raises(PolicyError, match="outside what a uint64"):
+        from zonegate.controlplane.policy import load
+
+        load([policy_file], pki_dir=tmp_path)
+    with pytest.raises(TagError, match="outside what a uint64"):
+        tags_from_mapping({"plc": [{"name": "C", "table": "holding", "address": 4, "type": "uint64",
+                                    "max": 2**64}]})
+
+
+def test_opcua_application_uri_and_timeout_keys(tmp_path: Path) -> None:
+    from zonegate.convert.opcua_tags import DEFAULT_APPLICATION_URI, settings_from_policy
+
+    defaults = settings_from_policy(_load_agreement(tmp_path))
+    assert (defaults.application_uri, defaults.timeout) == (DEFAULT_APPLICATION_URI, 3.0)  # the device's timeout
+    chosen = settings_from_policy(_load_agreement(tmp_path, "application_uri: urn:plant:gw-7\n  timeout: 750ms"))
+    assert (chosen.application_uri, chosen.timeout) == ("urn:plant:gw-7", 0.75)

@@ -104,6 +104,8 @@ def test_pki_init_command(tmp_path: Path) -> None:
     role = load_certificate(tmp_path / "dev" / "scada.crt").extensions.get_extension_for_oid(ROLE_OID).value
     assert role.value == encode_role("Operator")  # type: ignore[attr-defined]
     assert stat.S_IMODE((tmp_path / "dev" / "scada.key").stat().st_mode) == 0o600
+    assert "opcua-server.crt" in result.stdout
+    assert stat.S_IMODE((tmp_path / "dev" / "opcua-server.key").stat().st_mode) == 0o600
 
 
 def test_badsig_certificate_names_the_ca_but_does_not_verify(pki: pki_module.DevPki) -> None:
@@ -114,3 +116,36 @@ def test_badsig_certificate_names_the_ca_but_does_not_verify(pki: pki_module.Dev
     assert forged.issuer == ca.subject
     with pytest.raises(InvalidSignature):
         forged.verify_directly_issued_by(ca)
+
+
+def test_opcua_certificates_carry_the_application_uri_and_opcua_key_usages(pki: pki_module.DevPki) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from zonegate.convert.opcua_pki import TrustList
+
+    server = load_certificate(pki.cert("opcua-server"))
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:zonegate:opcua"]  # policies/demo.yaml's
+    assert isinstance(server.public_key(), rsa.RSAPublicKey) and server.public_key().key_size == 2048
+    usage = server.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.content_commitment and usage.key_encipherment and usage.data_encipherment
+    client = load_certificate(pki.cert("opcua-client"))
+    assert client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier) == [pki_module.OPCUA_CLIENT_URI]
+    trust = TrustList.load(pki.ca, pki.crl)
+    assert trust.check(client) is None and trust.check(server) is None
+    assert trust.check(load_certificate(pki.cert("opcua-rogue-client"))) == "untrusted"
+    for user in ("operator", "historian"):
+        cert = load_certificate(pki.cert(f"opcua-user-{user}"))
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == user
+        assert trust.check(cert) is None
+        assert stat.S_IMODE(pki.key(f"opcua-user-{user}").stat().st_mode) == 0o600
+    assert stat.S_IMODE(pki.key("opcua-server").stat().st_mode) == 0o600
+
+
+def test_opcua_server_certificate_follows_the_application_uri(tmp_path: Path) -> None:
+    pki = generate(tmp_path / "dev", opcua_uri="urn:plant:gw-7", opcua_users=())
+    san = load_certificate(pki.cert("opcua-server")).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:plant:gw-7"]
+    assert not list((tmp_path / "dev").glob("opcua-user-*"))

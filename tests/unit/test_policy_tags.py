@@ -189,7 +189,7 @@ TAG_ERRORS = {
     "unknown type": (
         policy_with("    - {name: S, table: holding, address: 0, type: uint8}\n"),
         [("x.yaml:27:45: tags.plc[0].type: expected 'bool', 'int16', 'uint16', 'int32', 'uint32', 'float32', "
-         "'float64', 'int64' or 'string', not 'uint8'")],
+         "'float64', 'int64', 'uint64' or 'string', not 'uint8'")],
     ),
     "unknown table": (
         policy_with("    - {name: S, table: holdings, address: 0, type: int16}\n"),

@@ -18,6 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # asyncua's client warns about the demo's own development certificates (no local host name in them)
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
     from zonegate.controlplane.policy import PolicyError
     from zonegate.demo.tour import main
 
@@ -27,6 +29,6 @@ def demo(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"zonegate demo: {exc} (is another demo or service using ports 5020, 8802, 8502, 9802?)",
+        print(f"zonegate demo: {exc} (is another demo or service using ports 5020, 8802, 8502, 9802, 4840?)",
               file=sys.stderr)
         return 1

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from zonegate.controlplane.policy import PolicyError
     from zonegate.controlplane.supervisor import Supervisor
     from zonegate.controlplane.tls import TlsConfigError
+    from zonegate.convert.errors import ConverterError
 
     supervisor = Supervisor(args.policy, args.pki, firewall=args.firewall)
     if args.pid_file is not None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (TlsConfigError, OSError) as exc:
+    except (TlsConfigError, ConverterError, OSError) as exc:
         print(f"zonegate: {exc}", file=sys.stderr)
         return 1
     except (FirewallSpecError, NftError) as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -309,6 +309,8 @@ def generate(
     roles: Mapping[str, str] = DEFAULT_CLIENT_ROLES,
     key_kind: str = "ec",
     server_hosts: Iterable[str] = ("127.0.0.1", "localhost"),
+    opcua_uri: str = "urn:zonegate:opcua",
+    opcua_users: Iterable[str] = ("operator", "historian"),
 ) -> DevPki:
     """Build a development PKI in `directory`.
 
@@ -317,6 +319,11 @@ def generate(
     `client-tworoles`, `client-badrole` (role as a PrintableString), `client-expired`, `client-notyet`,
     `client-revoked` (listed in `ca.crl`), `client-rogue` (issued by `rogue-ca`, which is not trusted) and
     `client-badsig` (names the CA as issuer, signature does not verify).
+
+    OPC UA (RSA 2048, as the secure channel needs): `opcua-server` (application URI `opcua_uri` as a URI
+    subject alternative name, key usages OPC UA clients check), `opcua-client` (a level-3 client
+    application, URI `urn:zonegate:dev-client`), `opcua-rogue-client` (same URI, issued by `rogue-ca`) and
+    one X.509 user certificate `opcua-user-NAME` (subject CN=NAME) per entry of `opcua_users`.
     """
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
@@ -361,5 +368,21 @@ def generate(
     key, forged = ca.issue("badsig-1", role_values=[encode_role("Operator")], key_kind=key_kind)
     write_key(directory / "client-badsig.key", key)
     write_certificate(directory / "client-badsig.crt", _corrupt_signature(forged))
+    _opcua_certificates(ca, rogue, save, opcua_uri, opcua_users, server_hosts)
     (directory / "ca.crl").write_bytes(ca.crl().public_bytes(serialization.Encoding.PEM))
     return DevPki(directory)
+
+
+OPCUA_CLIENT_URI: Final = "urn:zonegate:dev-client"
+
+
+def _opcua_certificates(ca: Authority, rogue: Authority, save: Callable[[str, tuple[PrivateKey, x509.Certificate]], object],
+                        server_uri: str, users: Iterable[str], hosts: Iterable[str]) -> None:
+    from zonegate.convert.opcua_pki import issue_application, issue_user
+
+    hosts = list(hosts)
+    save("opcua-server", issue_application(ca, "zonegate", server_uri, server=True, hosts=hosts))
+    save("opcua-client", issue_application(ca, "dev-client", OPCUA_CLIENT_URI))
+    save("opcua-rogue-client", issue_application(rogue, "rogue-client", OPCUA_CLIENT_URI))
+    for user in users:
+        save(f"opcua-user-{user}", issue_user(ca, user))

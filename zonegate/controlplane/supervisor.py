@@ -8,6 +8,12 @@ back, so the engine and the ruleset change together or not at all. A policy that
 one in force and is reported in the log and in `zonegate_policy_reloads_total{result="failed"}`.
 Stopping leaves the table in the kernel: the boundary stays closed while zonegate is down. SIGTERM (or SIGINT) stops accepting, lets forwarded
 requests finish within a bounded drain time, and exits.
+
+When the policy has an `opcua:` section the OPC UA converter runs beside the conduit, on the conduit's
+device pools. A reload hands it the new engine (rules, principals, OPC UA users); its address space,
+endpoint, certificates and password file are fixed at start, so a reload that changes the `opcua:` or
+`tags:` sections (or adds or removes them) is refused as a whole, with the changed settings named, and
+takes effect at the next restart.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Supervisor:
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
         self.conduit: Conduit | None = None
+        self.converter: Any = None  # the OPC UA converter, when the policy has an opcua section
         self.metrics_port: int | None = None
         self.stopping = asyncio.Event()
 
@@ -83,11 +90,32 @@ class Supervisor:
         for listener in self.conduit.listeners:
             log.info("listening: %s (%s) on %s:%d", listener.settings.name, listener.settings.protocol,
                      listener.settings.host, listener.port)
+        if getattr(policy, "opcua", None) is not None:
+            await self._start_converter(policy)
         if self.serve_metrics:
             host, port = settings.metrics_bind
             self.metrics_port = self.metrics.serve(host, port)
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         log.info("policy %s in force, mode %s", settings.source_hash[:12], settings.mode)
+
+    async def _start_converter(self, policy: Any) -> None:
+        from zonegate.convert.opcua_server import start_opcua
+
+        conduit = self.conduit
+        assert conduit is not None
+        self.converter = await start_opcua(policy, conduit.generation.policy, pools=lambda: conduit.pools,
+                                           audit=self.audit, metrics=self.metrics)
+        log.info("listening: opcua on %s", self.converter.endpoint)
+
+    def _converter_check(self, policy: Any) -> None:
+        """Raise when the reloaded policy's OPC UA part cannot be swapped into the running converter."""
+        if self.converter is None and getattr(policy, "opcua", None) is None:
+            return  # no converter before or after: asyncua need not even be imported
+        from zonegate.convert.opcua_server import reload_problem
+
+        problem = reload_problem(self.converter, policy)
+        if problem is not None:
+            raise ValueError(problem)
 
     def reload(self) -> bool:
         """Load the policy files again and swap them in; False (old policy kept) if anything fails."""
@@ -95,6 +123,7 @@ class Supervisor:
         applied = None
         try:
             policy, settings = load_policy(self.paths, self.pki_dir)
+            self._converter_check(policy)
             if self.firewall:
                 from zonegate.controlplane.nftables import apply
 
@@ -102,6 +131,8 @@ class Supervisor:
                 applied = apply(ruleset)
             try:
                 self.conduit.reload(settings)
+                if self.converter is not None:
+                    self.converter.use_policy(self.conduit.generation.policy)
             except Exception:
                 if applied is not None:
                     applied.rollback()  # the engine stayed as it was: so does the table
@@ -120,12 +151,12 @@ class Supervisor:
     async def run(self) -> None:
         """Start, then serve until SIGTERM/SIGINT; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
-        await self.start()
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        log.info("ready")
         try:
+            await self.start()  # a part that fails to start (the converter's port, ...) stops the rest
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            log.info("ready")
             await self.stopping.wait()
         finally:
             for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -133,6 +164,13 @@ class Supervisor:
             await self.stop()
 
     async def stop(self) -> None:
+        if self.converter is not None:
+            log.info("stopping the OPC UA converter")
+            try:
+                await self.converter.stop()
+            except Exception:
+                log.exception("opcua: error while stopping")
+            self.converter = None
         if self.conduit is not None:
             log.info("draining")
             await self.conduit.drain(DRAIN_TIMEOUT)

@@ -76,6 +76,39 @@ def issue_application(
     return key, cert
 
 
+def issue_user(authority: Authority, user: str, *, not_after: dt.datetime | None = None
+               ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """An RSA 2048 X.509 user certificate for OPC UA user `user` (its subject's common name)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Plant"), x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    )
+    ca_ski = authority.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(authority.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - DAY)
+        .not_valid_after(not_after or now + 365 * DAY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=True, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(authority.key, hashes.SHA256())
+    )
+    return key, cert
+
+
 def first_der_certificate(data: bytes) -> x509.Certificate:
     """The first certificate of a DER chain (OPC UA sends the sender's certificate, then its issuers)."""
     if len(data) < 4 or data[0] != 0x30:

@@ -18,6 +18,7 @@ Good again.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -136,10 +137,32 @@ class DeviceLink(Protocol):
 Publish = Callable[[Tag, object, int, float], Awaitable[None]]  # tag, value (None when Bad), status, source time
 
 
+# Upper bounds (seconds) of the poll cycle duration histogram: from a fast loopback read to a timeout.
+CYCLE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CycleStats:
+    """Poll cycles of one (device, scan period): how many, and how long each took, as histogram buckets."""
+
+    __slots__ = ("count", "total", "buckets", "last")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(CYCLE_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.last = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.last = seconds
+        self.buckets[bisect.bisect_left(CYCLE_BUCKETS, seconds)] += 1
+
+
 class PollStats:
     """Counters the metrics endpoint and the benchmark read."""
 
-    __slots__ = ("reads", "denied", "failed", "cycles", "last_cycle_seconds")
+    __slots__ = ("reads", "denied", "failed", "cycles", "last_cycle_seconds", "by_group")
 
     def __init__(self) -> None:
         self.reads = 0
@@ -147,6 +170,7 @@ class PollStats:
         self.failed = 0
         self.cycles = 0
         self.last_cycle_seconds = 0.0
+        self.by_group: dict[tuple[str, float], CycleStats] = {}
 
 
 class Poller:
@@ -175,7 +199,9 @@ class Poller:
 
     def start(self) -> None:
         for (device, scan), blocks in self.groups.items():
-            task = asyncio.get_running_loop().create_task(self._run(scan, blocks), name=f"opcua-poll-{device}-{scan}")
+            self.stats.by_group[(device, scan)] = CycleStats()
+            task = asyncio.get_running_loop().create_task(self._run(device, scan, blocks),
+                                                          name=f"opcua-poll-{device}-{scan}")
             self.tasks.append(task)
 
     async def stop(self) -> None:
@@ -188,14 +214,17 @@ class Poller:
                 pass
         self.tasks.clear()
 
-    async def _run(self, scan: float, blocks: list[ReadBlock]) -> None:
+    async def _run(self, device: str, scan: float, blocks: list[ReadBlock]) -> None:
         loop = asyncio.get_running_loop()
+        group = self.stats.by_group[(device, scan)]
         next_tick = loop.time()
         while True:
             started = loop.time()
             await asyncio.gather(*(self._read_or_fail(block) for block in blocks))
+            elapsed = loop.time() - started
             self.stats.cycles += 1
-            self.stats.last_cycle_seconds = loop.time() - started
+            self.stats.last_cycle_seconds = elapsed
+            group.observe(elapsed)
             next_tick += scan
             now = loop.time()
             if next_tick < now:  # a cycle longer than the period: skip the missed ticks, never burst

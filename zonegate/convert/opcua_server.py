@@ -6,7 +6,7 @@
    v
  GuardedProcessor -- channel not in a required mode: only discovery, everything else BadSecurityModeRejected
    | CreateSession: client certificate against the trust list (BadCertificateUntrusted)
-   | ActivateSession: user name + password -> policy principal (opcua_users)
+   | ActivateSession: user name + password, or X.509 user certificate -> policy principal (opcua_users)
    | Read / Browse / Subscribe: the address space, fed by the poller (opcua_poll)
    | Write: TagWriter (opcua_writes) -> engine -> device pool -> the device's answer per item
 ```
@@ -26,7 +26,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -42,11 +42,18 @@ from asyncua.server.uaprocessor import UaProcessor
 from asyncua.ua.ua_binary import struct_from_binary
 
 from zonegate.controlplane.audit import AuditLog
+from zonegate.convert.errors import ConverterError
 from zonegate.convert.opcua_link import PoolLink, PoolSource
 from zonegate.convert.opcua_pki import TrustList, first_der_certificate
-from zonegate.convert.opcua_poll import GOOD, DeviceLink, Poller, plan_reads
+from zonegate.convert.opcua_poll import CYCLE_BUCKETS, GOOD, DeviceLink, Poller, plan_reads
 from zonegate.convert.opcua_tags import OpcuaSettings, Tag, TagError, settings_from_policy
-from zonegate.convert.opcua_users import PasswordFile, PrincipalUserManager, principals_by_user
+from zonegate.convert.opcua_users import (
+    PasswordFile,
+    PasswordFileError,
+    PrincipalUserManager,
+    UserCertificate,
+    principals_by_user,
+)
 from zonegate.convert.opcua_writes import TagWriter, writers_of
 from zonegate.dataplane.config import DeviceSettings
 from zonegate.engine import CompiledPolicy
@@ -105,8 +112,14 @@ CERTIFICATE_STATUS: Final[Mapping[str, int]] = {
 UNIT_NAMESPACE: Final = "http://www.opcfoundation.org/UA/units/un/cefact"
 
 
-class ConverterError(RuntimeError):
-    """The converter cannot start (settings, files, permissions); the message says which."""
+class PublishedValue(ua.DataValue):
+    """A polled value as the converter publishes it: never changed once made (the next poll makes a new
+    one), so asyncua's deep copy per monitored item, most of the cost of a change, can be the value itself."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PublishedValue:
+        return self
 
 
 @dataclass
@@ -161,6 +174,7 @@ def _check_asyncua_hooks() -> None:
     hooks = (
         (UaProcessor, "_process_message"), (OPCUAProtocol, "connection_made"), (BinaryServer, "_make_protocol"),
         (Server, "_setup_server_nodes"), (Server, "_get_bind_socket_info"),
+        (InternalServer, "verify_x509_token"),
     )
     missing = [f"{cls.__name__}.{name}" for cls, name in hooks if not callable(getattr(cls, name, None))]
     if missing:
@@ -295,6 +309,7 @@ class OpcuaConverter:
         self.users = users
         self.trust = trust
         self.channel_stats = ChannelStats()
+        self.metrics: Any = None  # zonegate.controlplane.metrics.Metrics, when exported
         self.modes = frozenset(MODES[m] for m in settings.modes)
         self.writer = TagWriter(policy, link, audit, settings.timeout)
         self.poller = Poller(plan_reads(settings.tags), policy, settings.poll_principal, link, self._publish,
@@ -306,6 +321,7 @@ class OpcuaConverter:
         self.server = _ZoneServer(user_manager=users)  # type: ignore[arg-type]
         self.server.converter = self
         self.namespace = 0
+        self.scan_names = {period: name for name, period in reversed(list(settings.scan_classes.items()))}
 
     @property
     def endpoint(self) -> str:
@@ -322,6 +338,7 @@ class OpcuaConverter:
         settings = self.settings
         server = self.server
         await server.init()
+        self._mark_user_certificates(server.iserver)
         server.set_endpoint(f"opc.tcp://{settings.host}:{settings.port}")
         server.set_server_name("zonegate")
         await server.set_application_uri(settings.application_uri)
@@ -337,13 +354,24 @@ class OpcuaConverter:
                     raise ConverterError(f"opcua: unknown security policy {name!r} with mode {mode!r}")
                 policies.append(kind)
         server.set_security_policy(policies)
-        server.set_identity_tokens([ua.UserNameIdentityToken])  # anonymous is off
+        server.set_identity_tokens([ua.UserNameIdentityToken, ua.X509IdentityToken])  # anonymous is off
         server.set_certificate_validator(self._check_application_uri)
         self.namespace = await server.register_namespace(settings.namespace)
         await self._build_address_space()
         await server.start()
         self.poller.start()
         log.info("opcua: serving %d tags at %s", len(settings.tags), self.endpoint)
+
+    @staticmethod
+    def _mark_user_certificates(iserver: InternalServer) -> None:
+        """Mark the certificates of verified X.509 user tokens: asyncua passes the user manager the channel's
+        application certificate for every other token, and that must never count as a user's."""
+        verify = iserver.verify_x509_token
+
+        def verified(isession: Any, token: ua.X509IdentityToken, signature: ua.SignatureData) -> bytes:
+            return UserCertificate(verify(isession, token, signature))
+
+        iserver.verify_x509_token = verified  # type: ignore[method-assign]
 
     async def _check_application_uri(self, cert: x509.Certificate, description: ua.ApplicationDescription) -> None:
         """CreateSession: the client's certificate names the application it claims to be (trust was
@@ -370,15 +398,37 @@ class OpcuaConverter:
             results[i] = ua.DataValue(ua.Variant(access, ua.VariantType.Byte))
 
     def use_policy(self, policy: CompiledPolicy) -> None:
-        """Decide from now on with a reloaded policy's engine (tags and endpoints change on restart only)."""
+        """Decide from now on with a reloaded policy's engine and its principals' OPC UA users (tags,
+        endpoints, certificates and the password file change on restart only: `reload_problem`)."""
         if self.settings.poll_principal not in policy.principals:
             raise ConverterError(f"opcua: poll_principal {self.settings.poll_principal!r} is not in the new policy")
+        writers = {tag.name: writers_of(policy.ir, tag) for tag in self.settings.tags}
+        principals = principals_by_user(policy.ir)
         self.policy = policy
         self.poller.policy = policy
         self.writer.policy = policy
-        self.writers = {tag.name: writers_of(policy.ir, tag) for tag in self.settings.tags}
+        self.writers = writers
+        self.users.principals = principals
+
+    def snapshot(self) -> dict[str, Any]:
+        """The converter's state for the metrics endpoint (read from its scrape thread; see metrics.py)."""
+        sessions = sum(1 for session in list(self.server.iserver._external_sessions.values())
+                       if session.is_activated())
+        refused = dict(self.channel_stats.by_kind)
+        for reason, count in list(self.users.refused_by.items()):
+            refused[reason] = refused.get(reason, 0) + count
+        cycles = {}
+        for (device, scan), stats in list(self.poller.stats.by_group.items()):
+            cycles[(device, self.scan_names.get(scan, f"{scan:g}s"))] = (stats.count, stats.total, list(stats.buckets))
+        bad: dict[str, int] = {}
+        for tag in self.settings.tags:
+            last = self._last.get(tag.name)
+            bad[tag.device] = bad.get(tag.device, 0) + (last is None or last[1] != GOOD)
+        return {"sessions": sessions, "refused": refused, "cycles": cycles, "bad": bad, "buckets": CYCLE_BUCKETS}
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.watch_opcua(None)
         await self.poller.stop()
         if getattr(self.server, "bserver", None) is not None:  # absent when start failed before listening
             await self.server.stop()
@@ -438,13 +488,12 @@ class OpcuaConverter:
         if last is not None and last == (value, status):
             return
         self._last[tag.name] = (value, status)
-        stamp = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+        stamp = ua_time(dt.datetime.fromtimestamp(when, dt.timezone.utc))
+        # The poll saw the value just now: its source time is also the server's.
         if status == GOOD:
-            dv = ua.DataValue(ua.Variant(value, variant_type(tag)), SourceTimestamp=ua_time(stamp),
-                              ServerTimestamp=ua_time(dt.datetime.now(dt.timezone.utc)))
+            dv = PublishedValue(ua.Variant(value, variant_type(tag)), SourceTimestamp=stamp, ServerTimestamp=stamp)
         else:
-            dv = ua.DataValue(StatusCode=ua_status(status), SourceTimestamp=ua_time(stamp),
-                              ServerTimestamp=ua_time(dt.datetime.now(dt.timezone.utc)))
+            dv = PublishedValue(StatusCode=ua_status(status), SourceTimestamp=stamp, ServerTimestamp=stamp)
         await self.server.write_attribute_value(self.node_of[tag.name], dv)
 
     # -- writes -----------------------------------------------------------------------------------------
@@ -478,12 +527,14 @@ async def start_opcua(
     devices: Mapping[str, DeviceSettings] | None = None,
     link: DeviceLink | None = None,
     audit: AuditLog | None = None,
+    metrics: Any = None,
 ) -> OpcuaConverter:
     """Start the OPC UA converter for a loaded policy and its compiled engine; `await stop()` ends it.
 
     `settings` defaults to the policy's `opcua:`/`tags:` sections. Device traffic goes through `link`,
     else the conduit's `pools` (a mapping, or a callable returning the current one), else pools of its
-    own built from `devices` (default: the policy's).
+    own built from `devices` (default: the policy's). With `metrics` (a `Metrics`), writes are counted in
+    `zonegate_requests_total{conduit="opcua"}` and sessions, refusals, poll cycles and Bad variables exported.
     """
     _check_asyncua_hooks()
     try:
@@ -498,13 +549,21 @@ async def start_opcua(
 
             devices = from_policy(policy).devices
         link = PoolLink(pools, devices)
-    if settings.users_file is None:
-        passwords = PasswordFile({})
-    else:
-        passwords = PasswordFile.load(settings.users_file)
-    users = PrincipalUserManager(passwords, principals_by_user(engine.ir))
-    trust = TrustList.load(settings.cert.ca, settings.cert.crl)
+    try:
+        passwords = PasswordFile({}) if settings.users_file is None else PasswordFile.load(settings.users_file)
+    except PasswordFileError as exc:
+        raise ConverterError(f"opcua: {exc}") from None
+    try:
+        trust = TrustList.load(settings.cert.ca, settings.cert.crl)
+    except (OSError, ValueError) as exc:
+        raise ConverterError(f"opcua: trust list {settings.cert.ca}: {exc}") from None
+    users = PrincipalUserManager(passwords, principals_by_user(engine.ir), trust)
     converter = OpcuaConverter(settings, engine, link, users, trust, audit)
+    if metrics is not None:
+        converter.metrics = metrics
+        converter.writer.on_decision = lambda principal, device, fc, verdict, reason: metrics.count_named_request(
+            "opcua", principal, device, fc, verdict, reason)
+        metrics.watch_opcua(converter.snapshot)
     try:
         await converter.start()
     except BaseException:
@@ -514,3 +573,29 @@ async def start_opcua(
             log.exception("opcua: cleaning up after a failed start")
         raise
     return converter
+
+
+def reload_problem(converter: OpcuaConverter | None, policy: Any) -> str | None:
+    """Why a reloaded policy cannot be swapped into the running converter (None: it can).
+
+    The address space, endpoint, certificates and password file are built at start; a reload changes
+    the engine and the principals' OPC UA users only, so any other change to `opcua:`/`tags:` is refused
+    (the whole reload keeps the old policy) and named, to take effect at the next restart.
+    """
+    has_section = getattr(policy, "opcua", None) is not None
+    if converter is None:
+        return ("opcua: the reloaded policy adds an opcua section; the converter starts at the next restart"
+                if has_section else None)
+    if not has_section:
+        return "opcua: the reloaded policy removes the opcua section; the converter stops at the next restart"
+    try:
+        new = settings_from_policy(policy)
+    except TagError as exc:
+        return f"opcua: {exc}"
+    changed = [f.name for f in fields(OpcuaSettings) if getattr(new, f.name) != getattr(converter.settings, f.name)]
+    if changed:
+        return (f"opcua: {', '.join(changed)} changed; tags, endpoint, certificates and users file change only "
+                "at a restart")
+    if new.poll_principal not in getattr(policy, "principals", {}):
+        return f"opcua: poll_principal {new.poll_principal!r} is not in the new policy"
+    return None

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from zonegate.controlplane.policy.tags import engineering_limits
+
 Table = Literal["coils", "discrete_inputs", "input_registers", "holding_registers"]
 Order = Literal["big", "little"]
 
@@ -84,8 +86,8 @@ class Tag:
     unit: str | None = None
     description: str | None = None
     writable: bool = False
-    min: float | None = None
-    max: float | None = None
+    min: int | float | None = None  # integers stay exact: a uint64 limit of 2**64 - 1 is not a float
+    max: int | float | None = None
     scan: float = DEFAULT_SCAN  # seconds between polls
     modbus_unit: int = 1
 
@@ -123,9 +125,12 @@ class Tag:
             raise TagError(f"{where}: table {self.table} is read-only; writable must be false")
         if self.scale == 0.0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
             raise TagError(f"{where}: scale must be finite and non-zero, offset finite")
-        if (self.min is None) != (self.max is None) or (self.min is not None and self.max is not None
-                                                         and self.min > self.max):
-            raise TagError(f"{where}: min and max go together, min <= max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise TagError(f"{where}: min {self.min} is above max {self.max}")
+        limits = engineering_limits(self.type, self.scale, self.offset)
+        for key, bound in (("min", self.min), ("max", self.max)):
+            if bound is not None and limits is not None and not limits[0] <= bound <= limits[1]:
+                raise TagError(f"{where}: {key} {bound} is outside what a {self.type} can hold after scale and offset")
         if self.scan <= 0:
             raise TagError(f"{where}: scan must be a positive period")
         if not 0 <= self.modbus_unit <= 255:
@@ -255,12 +260,20 @@ def accepts(tag: Tag, value: object) -> bool:
 
 
 def within_limits(tag: Tag, value: object) -> bool:
-    """True when a written value lies in the tag's [min, max] (always, when it declares none)."""
-    if tag.min is None or tag.max is None:
+    """True when a written value lies within the tag's `min` and `max` (each may be absent: no bound)."""
+    if tag.min is None and tag.max is None:
         return True
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return tag.min <= value <= tag.max
+    return (tag.min is None or tag.min <= value) and (tag.max is None or value <= tag.max)
+
+
+def _limit(value: object, where: str) -> int | float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TagError(f"{where}: expected a number, not {value!r}")
+    return value
 
 
 # -- from the policy -------------------------------------------------------------------------------------
@@ -340,8 +353,8 @@ def tags_from_mapping(
                 unit=_field(item, "unit"),
                 description=_field(item, "description"),
                 writable=bool(_field(item, "writable", False)),
-                min=None if _field(item, "min") is None else float(_field(item, "min")),
-                max=None if _field(item, "max") is None else float(_field(item, "max")),
+                min=_limit(_field(item, "min"), f"{where}.min"),
+                max=_limit(_field(item, "max"), f"{where}.max"),
                 scan=scan,
                 modbus_unit=int(_field(item, "modbus_unit", (device_units or {}).get(str(device), 1))),
             )
@@ -412,7 +425,7 @@ def settings_from_policy(policy: Any) -> OpcuaSettings:
     """The converter's settings from a loaded policy's `opcua:` and `tags:` sections.
 
     A tag with no `modbus_unit` uses its device's first unit (1 when the device lists none); the
-    round-trip timeout is the slowest served device's Modbus timeout.
+    round-trip timeout is `opcua.timeout`, by default the slowest served device's Modbus timeout.
     """
     opcua = getattr(policy, "opcua", None)
     tags = getattr(policy, "tags", None)
@@ -423,6 +436,8 @@ def settings_from_policy(policy: Any) -> OpcuaSettings:
         ranges = device.get("units")
         units[device["name"]] = int(ranges[0][0]) if ranges else 1
     settings = settings_from_mapping(opcua, tags, units)
+    if getattr(opcua, "timeout", None) is not None:
+        return settings
     timeouts = [
         float(modbus.timeout)
         for name, device in policy.devices.items()

@@ -11,6 +11,12 @@ historian:scrypt$14$8$1$8c1f...$e3b0...
 
 Anonymous sessions are refused; so is a user the file does not hold, a wrong password, and a user
 with no principal. Unknown users cost the same hashing time as known ones.
+
+A user may instead present an X.509 user certificate (an X509IdentityToken, signed with its key over
+the server's certificate and nonce, which asyncua verifies). The certificate must be issued by a CA of
+the converter's trust list, be valid and not revoked; its subject's common name is the user name, and
+the principal listing that name under `opcua_user` is the session's principal, exactly as for a
+password user of that name.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from asyncua.crypto.permission_rules import User, UserRole
+from cryptography.x509.oid import NameOID
+
+from zonegate.convert.opcua_pki import TrustList, first_der_certificate
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +148,67 @@ class PrincipalUser(User):
     opcua_user: str | None = None
 
 
-class PrincipalUserManager:
-    """asyncua user manager: a verified user name becomes a `User` named for its policy principal."""
+class UserCertificate(bytes):
+    """The DER of an X.509 user token's certificate whose signature the server has verified.
 
-    def __init__(self, passwords: PasswordFile, principals: Mapping[str, str]) -> None:
+    asyncua hands a user manager the secure channel's (application) certificate for every other kind
+    of token; only this type marks a certificate that identifies a user.
+    """
+
+
+def certificate_user(der: bytes) -> str | None:
+    """The user name an X.509 user certificate carries: its subject's common name."""
+    cert = first_der_certificate(der)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) and value else None
+
+
+class PrincipalUserManager:
+    """asyncua user manager: a verified user name, or user certificate, becomes a `User` named for its
+    policy principal."""
+
+    def __init__(self, passwords: PasswordFile, principals: Mapping[str, str], trust: TrustList | None = None) -> None:
         self.passwords = passwords
         self.principals = dict(principals)
+        self.trust = trust
         self.refused = 0
+        self.refused_by: dict[str, int] = {}
+
+    def _refuse(self, reason: str) -> None:
+        self.refused += 1
+        self.refused_by[reason] = self.refused_by.get(reason, 0) + 1
 
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> PrincipalUser | None:
+        if isinstance(certificate, UserCertificate) and username is None:
+            return self._certificate_user(certificate)
         if username is None or password is None:
-            self.refused += 1
+            self._refuse("no_credentials")
             log.warning("opcua: refused a session without a user name and password")
             return None
         ok = self.passwords.verify(username, password)
         principal = self.principals.get(username)
         if not ok or principal is None:
-            self.refused += 1
+            self._refuse("bad_credentials" if not ok else "no_principal")
             log.warning("opcua: refused user %r (%s)", username,
                         "bad credentials" if not ok else "no principal")
             return None
         return PrincipalUser(role=UserRole.User, name=principal, opcua_user=username)
+
+    def _certificate_user(self, der: bytes) -> PrincipalUser | None:
+        try:
+            verdict = self.trust.check(first_der_certificate(der)) if self.trust is not None else "untrusted"
+            name = certificate_user(der)
+        except ValueError:
+            verdict, name = "untrusted", None
+        if verdict:
+            self._refuse(f"user_certificate_{verdict}")
+            log.warning("opcua: refused a user certificate (%s)", verdict)
+            return None
+        principal = self.principals.get(name) if name is not None else None
+        if principal is None:
+            self._refuse("no_principal")
+            log.warning("opcua: refused user certificate of %r (no principal)", name)
+            return None
+        return PrincipalUser(role=UserRole.User, name=principal, opcua_user=name)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from zonegate import _engine
@@ -44,6 +44,9 @@ WRITE_SINGLE_COIL: Final = 5
 WRITE_SINGLE_REGISTER: Final = 6
 WRITE_MULTIPLE_COILS: Final = 15
 WRITE_MULTIPLE_REGISTERS: Final = 16
+
+# principal, device, function code, verdict, reason: one call per decided write (the metrics' request counter).
+OnDecision = Callable[[str, str, int, str, str], None]
 
 
 def write_adu(tag: Tag, raw: list[int], transaction_id: int) -> bytes:
@@ -86,32 +89,42 @@ class TagWriter:
         self.timeout = timeout
         self._tid = 0
         self.counts: dict[str, int] = {}
+        self.on_decision: OnDecision | None = None
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def _decided(self, principal: str, tag: Tag, verdict: str, reason: str, fc: int | None = None) -> None:
+        if self.on_decision is not None:
+            self.on_decision(principal, tag.device, fc if fc is not None else _function_of(tag), verdict, reason)
 
     async def write(self, principal: str, user: str | None, tag: Tag, value: object) -> int:
         """Write `value` to the tag as `principal`; the OPC UA status code for the client."""
         if not tag.writable:
             self._count("not_writable")
+            self._decided(principal, tag, "deny", "not_writable")
             return BAD_NOT_WRITABLE
         if not accepts(tag, value):
             self._count("bad_value")
+            self._decided(principal, tag, "deny", "type_mismatch")
             self._audit(principal, user, tag, value, None, "type_mismatch", "deny", None)
             return BAD_TYPE_MISMATCH
         if not within_limits(tag, value):
             self._count("out_of_limits")
+            self._decided(principal, tag, "deny", "tag_limits")
             self._audit(principal, user, tag, value, None, "tag_limits", "deny", None)
             return BAD_OUT_OF_RANGE
         try:
             raw = encode(tag, value)
         except CodecError as exc:  # the right kind, but it does not fit the raw type
             self._count("bad_value")
+            self._decided(principal, tag, "deny", "bad_value")
             self._audit(principal, user, tag, value, None, "bad_value", "deny", str(exc))
             return BAD_OUT_OF_RANGE
         self._tid = (self._tid + 1) & 0xFFFF
         adu = write_adu(tag, raw, self._tid)
         decision = self.policy.decide(principal, tag.device, adu)
+        self._decided(principal, tag, VERDICTS[decision.verdict], REASONS[decision.reason], adu[7])
         if not decision.forward:
             self._count("denied")
             self._audit(principal, user, tag, value, adu, REASONS[decision.reason], VERDICTS[decision.verdict],
@@ -184,6 +197,15 @@ def _covered(ranges: list[dict[str, int]], start: int, end: int) -> bool:
         if reach > end:
             return True
     return reach > end
+
+
+def _function_of(tag: Tag) -> int:
+    """The function code a write of the tag is sent as (0 for a read-only table)."""
+    if tag.table == "coils":
+        return WRITE_SINGLE_COIL if tag.words == 1 else WRITE_MULTIPLE_COILS
+    if tag.table == "holding_registers":
+        return WRITE_SINGLE_REGISTER if tag.words == 1 else WRITE_MULTIPLE_REGISTERS
+    return 0
 
 
 def write_functions(tag: Tag) -> frozenset[int]:

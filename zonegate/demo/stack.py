@@ -1,8 +1,9 @@
-"""The demo stack: a zonegate conduit run inside the current event loop, and TLS contexts for its clients.
+"""The demo stack: a zonegate conduit (and its OPC UA converter) run inside the current event loop, and
+TLS contexts for its clients.
 
 `zonegate demo` and the integration tests drive the same pieces `zonegate run` does (policy load,
-conduit, metrics, audit), in one process, so a narrated tour or a test can talk to them over real
-loopback sockets and then read their counters.
+conduit, OPC UA converter on the conduit's device pools, metrics, audit), in one process, so a narrated
+tour or a test can talk to them over real loopback sockets and then read their counters.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from zonegate.controlplane.audit import AuditLog
 from zonegate.controlplane.metrics import Metrics
@@ -68,3 +70,22 @@ async def running_conduit(
         await conduit.drain(1.0)
         metrics.stop()
         audit.close()
+
+
+@asynccontextmanager
+async def running_converter(policy: Sequence[Path], pki_dir: Path | None, conduit: Conduit) -> AsyncIterator[Any]:
+    """The policy's OPC UA converter on `conduit`'s device pools, audit and metrics (None without an
+    `opcua:` section); stopped on exit."""
+    from zonegate.controlplane.policy import load
+    from zonegate.convert.opcua_server import start_opcua
+
+    loaded = load(list(policy), pki_dir=pki_dir)
+    if loaded.opcua is None:
+        yield None
+        return
+    converter = await start_opcua(loaded, conduit.generation.policy, pools=lambda: conduit.pools,
+                                  audit=conduit.audit, metrics=conduit.metrics)
+    try:
+        yield converter
+    finally:
+        await converter.stop()

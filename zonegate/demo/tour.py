@@ -2,7 +2,9 @@
 
 An operator (Modbus/TCP Security client with role Operator) reads the tank, writes an allowed setpoint,
 is refused a setpoint outside the process limits (exception 01, and the audit line that records it),
-sees the same request forwarded but recorded in monitor mode, and the tour ends with the metrics that
+sees the same request forwarded but recorded in monitor mode. Then the same PLC's tags over OPC UA
+(SignAndEncrypt, X.509 user certificates): a client reads them, the operator's setpoint write is allowed
+and reaches the PLC, the historian's is refused by the same rules. The tour ends with the metrics that
 counted it all. Everything runs on loopback in this process, over real sockets.
 """
 
@@ -13,19 +15,20 @@ import signal
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pymodbus.client import AsyncModbusTlsClient
 
-from zonegate.controlplane.pki import generate
+from zonegate.controlplane.pki import DevPki, generate
 from zonegate.controlplane.supervisor import load_settings
 from zonegate.dataplane.conduit import Conduit
 from zonegate.demo.plc import SETPOINT, SimulatedPlc
-from zonegate.demo.stack import client_ssl_context, running_conduit
+from zonegate.demo.stack import client_ssl_context, running_conduit, running_converter
 
 DEFAULT_POLICY: Final = Path(__file__).resolve().parents[2] / "policies" / "demo.yaml"
 SHOWN_METRICS: Final = ("zonegate_requests_total", "zonegate_upstream_up", "zonegate_active_connections",
-                        "zonegate_policy_reloads_total")
+                        "zonegate_policy_reloads_total", "zonegate_opcua_sessions", "zonegate_opcua_bad_variables")
+OPCUA_SETPOINT: Final = "Tank/InflowSetpoint"
 
 
 def say(text: str) -> None:
@@ -41,17 +44,25 @@ async def tour(policy: Path, serve: bool, work: Path) -> int:
     await plc.start()
     say(f"tank PLC simulator on {device.host}:{device.port} (unit 1; level in holding 0, setpoint in 100)")
     try:
-        async with running_conduit([policy], pki.directory, serve_metrics=True) as conduit:
+        async with running_conduit([policy], pki.directory, serve_metrics=True) as conduit, \
+                running_converter([policy], pki.directory, conduit) as converter:
             listener = next(x for x in conduit.listeners if x.settings.protocol == "modbus_tls")
             host, port = listener.settings.host, listener.port
             say(f"zonegate: Modbus/TCP Security on {host}:{port}, metrics on "
                 f"http://{settings.metrics_bind[0]}:{settings.metrics_bind[1]}/metrics, mode {settings.mode}")
+            if converter is not None:
+                say(f"zonegate: OPC UA on {converter.endpoint} (SignAndEncrypt; the PLC's tags, polled as "
+                    f"{converter.settings.poll_principal})")
             if serve:
-                print_connect_help(host, port, pki.directory, settings.metrics_bind)
+                print_connect_help(host, port, pki.directory, settings.metrics_bind,
+                                   converter.endpoint if converter is not None else None)
                 await _until_signalled()
                 say("stopping")
                 return 0
             await narrate(conduit, policy, pki.directory, host, port, settings.metrics_bind, work)
+            if converter is not None:
+                await narrate_opcua(converter, pki, plc)
+            await show_metrics(settings.metrics_bind)
     finally:
         await plc.stop()
     return 0
@@ -59,8 +70,6 @@ async def tour(policy: Path, serve: bool, work: Path) -> int:
 
 async def narrate(conduit: Conduit, policy: Path, pki_dir: Path, host: str, port: int,
                   metrics_bind: tuple[str, int], work: Path) -> None:
-    from zonegate.controlplane.pki import DevPki
-
     pki = DevPki(pki_dir)
     client = AsyncModbusTlsClient(host, port=port, sslctx=client_ssl_context(pki, "operator"), timeout=3, retries=0)
     if not await client.connect():
@@ -92,6 +101,75 @@ async def narrate(conduit: Conduit, policy: Path, pki_dir: Path, host: str, port
     finally:
         client.close()
 
+
+async def narrate_opcua(converter: Any, pki: DevPki, plc: SimulatedPlc) -> None:
+    """The PLC's tags over OPC UA: read, one write allowed (operator), one refused (historian)."""
+    from asyncua import ua
+
+    say("OPC UA: client opcua-client (SignAndEncrypt, Basic256Sha256) as user operator (X.509 user certificate)")
+    async with await opcua_client(converter, pki, "operator") as client:
+        ns = await client.get_namespace_index(converter.settings.namespace)
+        for name in ("Tank/Level", "Tank/Ticks", OPCUA_SETPOINT):
+            value = await _good_value(client.get_node(converter.node_of[name]))
+            print(f"   {name} = {value}  (ns={ns};s={converter.node_of[name].Identifier})")
+        say(f"operator writes {OPCUA_SETPOINT} = 60.0 % (allowed: rule operator-setpoints; the PLC gets 600)")
+        await client.get_node(converter.node_of[OPCUA_SETPOINT]).write_value(
+            ua.DataValue(ua.Variant(60.0, ua.VariantType.Double)))
+        print(f"   written; holding 100 on the PLC is now {await plc_register(plc, SETPOINT)}")
+    before = plc.seen[6]
+    say(f"historian (X.509 user certificate) writes {OPCUA_SETPOINT} = 90.0 % (its rules only read)")
+    async with await opcua_client(converter, pki, "historian") as client:
+        try:
+            await client.get_node(converter.node_of[OPCUA_SETPOINT]).write_value(
+                ua.DataValue(ua.Variant(90.0, ua.VariantType.Double)))
+            print("   unexpectedly written")
+        except ua.UaStatusCodeError as exc:
+            verdict = "BadUserAccessDenied" if exc.code == ua.StatusCodes.BadUserAccessDenied else f"0x{exc.code:08X}"
+            print(f"   refused with {verdict}; the PLC never saw it "
+                  f"({plc.seen[6] - before} writes reached it; the audit line above records the denial)")
+
+
+async def opcua_client(converter: Any, pki: DevPki, user: str) -> Any:
+    from asyncua import Client
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+    from asyncua.crypto.uacrypto import CertProperties
+
+    from zonegate.controlplane.pki import OPCUA_CLIENT_URI
+
+    client = Client(converter.endpoint, timeout=5)
+    client.application_uri = OPCUA_CLIENT_URI
+    await client.set_security(SecurityPolicyBasic256Sha256, CertProperties(str(pki.cert("opcua-client")), "pem"),
+                              CertProperties(str(pki.key("opcua-client")), "pem"))
+    await client.load_client_certificate(str(pki.cert(f"opcua-user-{user}")), "pem")
+    await client.load_private_key(pki.key(f"opcua-user-{user}"), extension="pem")
+    return client
+
+
+async def _good_value(node: Any, timeout: float = 10.0) -> object:
+    """The variable's value once the converter's first poll has published it (bounded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        dv = await node.read_data_value(raise_on_bad_status=False)
+        if dv.StatusCode.is_good():
+            return dv.Value.Value
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"{node} still {dv.StatusCode} after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def plc_register(plc: SimulatedPlc, address: int) -> int:
+    """One holding register read straight from the PLC (zone side), past zonegate."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    client = AsyncModbusTcpClient(plc.host, port=plc.port, timeout=2)
+    await client.connect()
+    try:
+        return int((await client.read_holding_registers(address, count=1, device_id=1)).registers[0])
+    finally:
+        client.close()
+
+
+async def show_metrics(metrics_bind: tuple[str, int]) -> None:
     say("metrics (excerpt)")
     url = f"http://{metrics_bind[0]}:{metrics_bind[1]}/metrics"
     page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
@@ -114,7 +192,8 @@ async def _until_signalled() -> None:
             loop.remove_signal_handler(signum)
 
 
-def print_connect_help(host: str, port: int, pki_dir: Path, metrics_bind: tuple[str, int]) -> None:
+def print_connect_help(host: str, port: int, pki_dir: Path, metrics_bind: tuple[str, int],
+                       opcua: str | None = None) -> None:
     print(f"""
 Serving until Ctrl-C (or SIGTERM). Connect as the operator, for example with pymodbus:
 
@@ -128,7 +207,18 @@ Serving until Ctrl-C (or SIGTERM). Connect as the operator, for example with pym
 or look at the handshake: openssl s_client -connect {host}:{port} -CAfile {pki_dir}/ca.crt \\
     -cert {pki_dir}/operator.crt -key {pki_dir}/operator.key
 Metrics: curl http://{metrics_bind[0]}:{metrics_bind[1]}/metrics
-""", flush=True)
+""" + ("" if opcua is None else f"""OPC UA on {opcua} (SignAndEncrypt), with asyncua:
+
+    from asyncua import Client
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+    from asyncua.crypto.uacrypto import CertProperties
+    client = Client("{opcua}"); client.application_uri = "urn:zonegate:dev-client"
+    await client.set_security(SecurityPolicyBasic256Sha256, CertProperties("{pki_dir}/opcua-client.crt", "pem"),
+                              CertProperties("{pki_dir}/opcua-client.key", "pem"))
+    await client.load_client_certificate("{pki_dir}/opcua-user-operator.crt", "pem")
+    await client.load_private_key("{pki_dir}/opcua-user-operator.key", extension="pem")
+    async with client: ...
+"""), flush=True)
 
 
 def main(policy: Path | None, serve: bool) -> int:

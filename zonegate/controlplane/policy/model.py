@@ -403,6 +403,8 @@ class ModbusDevice(Section):
     """Connections zonegate may open to the device (PLCs have few slots)."""
     pipelining: Bool = False
     """Send the next request before the previous reply arrives (only if the device supports it)."""
+    pipeline_depth: Bounded(1, 256) = 16  # type: ignore[valid-type]
+    """With pipelining, requests in flight per connection (the device's own limit, if it has one)."""
     timeout: Duration = 2.0
     """How long to wait for the device's reply."""
     tls: TlsFiles | None = None
@@ -654,8 +656,9 @@ def _tag_name(value: object) -> str:
 
 TagName = Annotated[str, *parsed(_tag_name, {"type": "string", "pattern": _TAG_NAME.pattern})]
 TagTable = Annotated[str, *parsed(tg.parse_table, {"type": "string", "enum": [*tg.TAG_TABLES, "holding"]})]
-TagType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "int64", "string"]
+TagType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "int64", "uint64", "string"]
 Number = Annotated[float, *parsed(tg.finite_number, {"type": "number"})]
+Limit = Annotated[int | float, *parsed(tg.exact_number, {"type": "number"})]
 
 
 class Tag(Section):
@@ -668,7 +671,7 @@ class Tag(Section):
     address: Bounded(0, 65535)  # type: ignore[valid-type]
     """The first address (zero-based) the value occupies."""
     type: TagType
-    """bool (coils, discrete inputs); int16, uint16, int32, uint32, float32, float64, int64, string (registers)."""
+    """bool (coils, discrete inputs); int16, uint16, int32, uint32, float32, float64, int64, uint64, string (registers)."""
     length: Bounded(1, tg.MAX_STRING_REGISTERS) | None = None  # type: ignore[valid-type]
     """Registers a string spans (two characters each); string tags only."""
     word_order: Literal["big", "little"] = "big"
@@ -685,10 +688,10 @@ class Tag(Section):
     """Free text; also the variable's OPC UA description."""
     writable: Bool = False
     """OPC UA clients may write it (each write is still decided by the rules)."""
-    min: Number | None = None
-    """Lowest value a write may set, in engineering units."""
-    max: Number | None = None
-    """Highest value a write may set, in engineering units."""
+    min: Limit | None = None
+    """Lowest value a write may set, in engineering units; either limit may be given alone."""
+    max: Limit | None = None
+    """Highest value a write may set, in engineering units; either limit may be given alone."""
     scan: Name | None = None
     """Scan class (polling period); default: opcua.default_scan."""
     modbus_unit: Bounded(0, 255) | None = None  # type: ignore[valid-type]
@@ -803,6 +806,10 @@ class Opcua(Section):
     `tls` (or `cert`)."""
     users: PkiPath | None = None
     """File of OPC UA user names and salted password hashes (never in the policy); read from pki_dir."""
+    application_uri: Text = "urn:zonegate:opcua"
+    """The server's application URI; its certificate must carry it as a URI subject alternative name."""
+    timeout: Duration | None = None
+    """Longest wait for a device's answer to a poll or write; default: the slowest served device's timeout."""
 
     @model_validator(mode="after")
     def _resolve_default_scan(self) -> Opcua:

@@ -26,12 +26,13 @@ WRITABLE_TABLES: Final = frozenset({"coils", "holding_registers"})
 # Registers (or bits, for bool) one value of each type spans; a string spans `length` registers.
 TYPE_WIDTH: Final[dict[str, int]] = {
     "bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4, "int64": 4,
+    "uint64": 4,
 }
 TAG_TYPES: Final = (*TYPE_WIDTH, "string")
 # Raw limits of the integer types, before scale and offset.
 INTEGER_LIMITS: Final[dict[str, tuple[int, int]]] = {
     "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
-    "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1),
 }
 MAX_STRING_REGISTERS: Final = 123  # one write_multiple_registers request (reads allow 125)
 
@@ -60,10 +61,15 @@ def fit_problem(table: str, type_: str) -> str | None:
 
 
 def engineering_limits(type_: str, scale: float, offset: float) -> tuple[float, float] | None:
-    """The engineering values an integer type can hold after scale and offset; None for float and text."""
+    """The engineering values an integer type can hold after scale and offset; None for float and text.
+
+    Unscaled limits stay exact integers: 2**64 - 1 is not a float, and a uint64 max of 2**64 - 1 must fit.
+    """
     raw = INTEGER_LIMITS.get(type_)
     if raw is None:
         return None
+    if scale == 1 and offset == 0:
+        return raw
     ends = sorted((raw[0] * scale + offset, raw[1] * scale + offset))
     return ends[0], ends[1]
 
@@ -73,6 +79,15 @@ def finite_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise FieldError(f"expected a number, not {value!r}")
     return float(value)
+
+
+def exact_number(value: object) -> int | float:
+    """A real number kept as written: YAML integers stay exact (write limits of 64-bit tags), floats finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(f"expected a number, not {value!r}")
+    if isinstance(value, int):
+        return value
+    return finite_number(value)
 
 
 def _covers(entry: AllowEntry, table: str, start: int, end: int) -> bool:
