@@ -23,6 +23,7 @@ from zonegate.controlplane.audit import AuditLog
 from zonegate.controlplane.metrics import Metrics
 from zonegate.dataplane.conduit import Conduit
 from zonegate.dataplane.config import RuntimeSettings, from_policy
+from zonegate.dataplane.enip_conduit import EnipConduit, start_enip
 
 log = logging.getLogger("zonegate")
 
@@ -63,6 +64,7 @@ class Supervisor:
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
         self.conduit: Conduit | None = None
+        self.enip: EnipConduit | None = None
         self.metrics_port: int | None = None
         self.stopping = asyncio.Event()
 
@@ -80,7 +82,8 @@ class Supervisor:
         )
         self.conduit = Conduit(settings, self.metrics, self.audit)
         await self.conduit.start()
-        for listener in self.conduit.listeners:
+        self.enip = await start_enip(self.conduit, settings)
+        for listener in [*self.conduit.listeners, *(self.enip.listeners if self.enip else ())]:
             log.info("listening: %s (%s) on %s:%d", listener.settings.name, listener.settings.protocol,
                      listener.settings.host, listener.port)
         if self.serve_metrics:
@@ -101,7 +104,10 @@ class Supervisor:
                 ruleset = checked_ruleset(policy)
                 applied = apply(ruleset)
             try:
+                prepared = self.enip.prepare(settings) if self.enip is not None else None
                 self.conduit.reload(settings)
+                if self.enip is not None and prepared is not None:
+                    self.enip.commit(prepared)
             except Exception:
                 if applied is not None:
                     applied.rollback()  # the engine stayed as it was: so does the table
@@ -133,6 +139,9 @@ class Supervisor:
             await self.stop()
 
     async def stop(self) -> None:
+        if self.enip is not None:
+            await self.enip.drain(DRAIN_TIMEOUT)
+            self.enip = None
         if self.conduit is not None:
             log.info("draining")
             await self.conduit.drain(DRAIN_TIMEOUT)
