@@ -470,3 +470,49 @@ def test_pycomm3_generic_messages_through_the_zone_listener(tmp_path: Path, pki:
         assert any(m[0] == 0x70 for m in stack.relayed())  # the connected request did arrive
 
     run(stack.run(body))
+
+
+def test_reload_decides_open_sessions_with_the_new_policy(tmp_path: Path, pki: DevPki) -> None:
+    stack = Stack(tmp_path, pki)
+
+    async def body(stack: Stack) -> None:
+        assert stack.supervisor is not None
+        session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
+        try:
+            assert (await session.rr(wire.write_tag("Line1_Speed", 1, values=(5,)))).general_status == 0
+            stack.policy.write_text(stack.policy.read_text().replace(
+                'tags: ["Line1_Speed[0..9]"]', 'tags: ["Line1_Speed[0..9]"]\n        rate: 1/h'))
+            assert stack.supervisor.reload()
+            assert (await session.rr(wire.write_tag("Line1_Speed", 1, values=(6,)))).general_status == 0
+            limited = await session.rr(wire.write_tag("Line1_Speed", 1, values=(7,)))
+            assert limited.general_status == 0x02  # the new entry's bucket is spent: resource unavailable
+            # a policy that does not load keeps the one in force
+            stack.policy.write_text("version: 1\nrules: [")
+            assert not stack.supervisor.reload()
+            assert ints(await session.rr(wire.read_tag("Line1_Speed", 1))) == [6]
+        finally:
+            await session.close()
+
+    run(stack.run(body))
+    assert [r["reason"] for r in stack.audit_records() if r["verdict"] == "deny"] == ["rate_exceeded"]
+
+
+def test_unregister_session_closes_both_sessions(tmp_path: Path, pki: DevPki) -> None:
+    stack = Stack(tmp_path, pki)
+
+    async def body(stack: Stack) -> None:
+        session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
+        try:
+            assert ints(await session.rr(wire.read_tag("Line1_Speed", 0))) == [0]
+            await session.send(wire.header(0x66, b"", session.handle))
+            with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                await session.read()
+        finally:
+            await session.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while 0x66 not in stack.sim.commands():  # zonegate ends its own session with the device too
+            assert loop.time() < deadline, stack.sim.commands()
+            await asyncio.sleep(0.02)
+
+    run(stack.run(body))

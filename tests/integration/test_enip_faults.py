@@ -32,6 +32,8 @@ def test_dead_device_answers_connection_failure_0204(tmp_path: Path, pki: DevPki
             for n in range(2):  # the connect failure, then the backoff answering at once
                 reply = await session.rr(wire.unconnected_send(wire.read_tag("Line1_Speed", n)))
                 assert reply.service == 0xD2 and (reply.general_status, reply.extended) == GATEWAY_UNREACHABLE
+            identity = await session.exchange(wire.header(0x63, b"", 0))
+            assert identity.status == 0 and identity.frame[24:] == b"\x00\x00"  # nothing learned, no item
         finally:
             await session.close()
         assert stack.sample("zonegate_upstream_faults_total", device="press-plc", kind="connect_failed") == 1

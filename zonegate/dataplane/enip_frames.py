@@ -101,14 +101,12 @@ def split(buf: bytes) -> tuple[bool | None, int]:
     The same three outcomes as the engine's `enip_split` (docs/enip.md section 1), for the conduit's
     device side and for a build whose engine lacks it.
     """
-    if len(buf) >= 4:
-        length = int.from_bytes(buf[2:4], "little")
-        if length > MAX_LENGTH:
-            return None, 0
-        if len(buf) >= HEADER_SIZE + length:
-            return True, HEADER_SIZE + length
-        return False, HEADER_SIZE + length - len(buf)
-    return False, HEADER_SIZE - len(buf)
+    if len(buf) >= 4 and int.from_bytes(buf[2:4], "little") > MAX_LENGTH:
+        return None, 0
+    if len(buf) < HEADER_SIZE:
+        return False, HEADER_SIZE - len(buf)
+    used = HEADER_SIZE + int.from_bytes(buf[2:4], "little")
+    return (True, used) if len(buf) >= used else (False, used - len(buf))
 
 
 def message(command: int, session: int, context: bytes, data: bytes = b"", status: int = 0) -> bytes:
