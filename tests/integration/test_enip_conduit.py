@@ -516,3 +516,69 @@ def test_unregister_session_closes_both_sessions(tmp_path: Path, pki: DevPki) ->
             await asyncio.sleep(0.02)
 
     run(stack.run(body))
+
+
+class TlsWrapper:
+    """A loopback port that carries each plain connection over TLS to zonegate, with one certificate:
+    lets a client library without TLS (cpppo's) speak EtherNet/IP over TLS to the north listener."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self.port = port
+        self.context = context
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._carry, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=self.context,
+                                                             server_hostname="127.0.0.1")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                sink.close()
+
+        for task in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            self.pipes.add(task)
+            task.add_done_callback(self.pipes.discard)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.pipes):
+            task.cancel()
+
+
+def test_cpppo_client_over_tls_as_operator(tmp_path: Path, pki: DevPki) -> None:
+    stack = Stack(tmp_path, pki)
+
+    async def body(stack: Stack) -> None:
+        wrapper = TlsWrapper(stack.tls_port, client_ssl_context(pki, "operator"))
+        port = await wrapper.start()
+
+        def client(*operations: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "cpppo.server.enip.client", "-p", "-a", f"127.0.0.1:{port}",
+                                   *operations], capture_output=True, text=True, timeout=30)
+
+        try:
+            allowed = await asyncio.to_thread(client, "Line1_Speed[7]=(INT)-3", "Line1_Speed[6-7]")
+            assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+            assert "[0, -3]" in allowed.stdout
+            refused = await asyncio.to_thread(client, "Secret[1]=(INT)4")
+            assert refused.returncode != 0
+        finally:
+            await wrapper.stop()
+        assert not stack.sim.saw(b"Secret")
+
+    run(stack.run(body))
+    records = stack.audit_records()
+    assert [(r["principal"]["role"], r["verdict"], r["function"]) for r in records] == [
+        ("Operator", "allow", "write_tag"), ("Operator", "deny", "write_tag")]
