@@ -164,6 +164,9 @@ def test_framing_one_message_in_pieces_and_many_in_one_write(tmp_path: Path, pki
             await session.send(batch)
             contexts = sorted([(await session.read()).context for _ in range(3)])
             assert contexts == [b"batch--0", b"batch--1", b"batch--2"]
+            # one near the largest message EtherNet/IP frames is read whole and decided (too many elements)
+            big = await session.rr(wire.write_tag("Line1_Speed", 0, values=tuple(range(30000))), context=b"big-one!")
+            assert big.general_status == 0x0F
             # a length beyond what EtherNet/IP frames cannot be followed: the connection is closed
             await session.send(struct.pack("<HH", 0x6F, 0xFFFF) + bytes(20))
             with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+import time
+from typing import TYPE_CHECKING, Final, cast
 
 from zonegate import _engine
 from zonegate.dataplane import enip_frames as frames
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from zonegate.dataplane.enip_conduit import EnipConduit
 
 log = logging.getLogger(__name__)
+
+MAX_ENIP_BUFFER: Final = 2 * (frames.HEADER_SIZE + frames.MAX_LENGTH)
 
 def split(buf: bytes) -> tuple[bool | None, int]:
     """The engine's splitter (docs/enip.md section 1) in the conduit's three outcomes."""
@@ -75,6 +78,20 @@ class EnipClient(ClientConnection):
                 return None
             return settings.principal_for_certificate(self.identity.role, self.identity.subject)
         return settings.principal_for_source(self.peer_host) if self.peer_host else None
+
+    def data_received(self, data: bytes) -> None:
+        # As the Modbus listener, with room for the largest message EtherNet/IP frames and the start of
+        # the next one (a Modbus ADU is at most 260 bytes; an encapsulation message up to 64 KiB).
+        if self.raw_phase or self.draining:
+            super().data_received(data)
+            return
+        self.last_activity = time.monotonic()
+        self.buffer = self.buffer + data if self.buffer else data
+        if len(self.buffer) > MAX_ENIP_BUFFER:
+            self._fail("overflow")
+            return
+        if self.ready and not self.paused:
+            self._process()
 
     def _process(self) -> None:
         buf = self.buffer
