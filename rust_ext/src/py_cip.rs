@@ -221,7 +221,9 @@ fn cip_flatten<'py>(py: Python<'py>, message: &[u8]) -> PyResult<Bound<'py, PyLi
         let tag_parts = path.tag.as_ref().map(|t| {
             PyTuple::new_bound(
                 py,
-                t.parts.iter().map(|p| -> PyObject { (p.name.as_str(), PyTuple::new_bound(py, &p.elements)).into_py(py) }),
+                t.parts
+                    .iter()
+                    .map(|p| -> PyObject { (p.name.as_str(), PyTuple::new_bound(py, &p.elements)).into_py(py) }),
             )
         });
         let (transport_class, data_error) = match leaf_connection(req) {

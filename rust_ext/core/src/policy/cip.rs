@@ -149,7 +149,11 @@ pub(crate) enum Target {
     Any,
     Tags(Vec<Pattern>),
     /// Each `None` means any; ranges sorted by start.
-    Logical { classes: Option<Vec<(u32, u32)>>, instances: Option<Vec<(u32, u32)>>, attributes: Option<Vec<(u32, u32)>> },
+    Logical {
+        classes: Option<Vec<(u32, u32)>>,
+        instances: Option<Vec<(u32, u32)>>,
+        attributes: Option<Vec<(u32, u32)>>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -227,7 +231,10 @@ fn compile_entry(path: &str, e: &CipEntry, rated: &mut u32) -> Result<CompiledCi
     for (i, name) in e.services.iter().enumerate() {
         let p = format!("{path}.services[{i}]");
         if name == "unconnected_send" || name == "multiple_service_packet" {
-            return Err(invalid(p, format!("{name} is a container: the requests inside it are decided, it cannot be named")));
+            return Err(invalid(
+                p,
+                format!("{name} is a container: the requests inside it are decided, it cannot be named"),
+            ));
         }
         let Some(bit) = NAMED_SERVICES.iter().position(|s| s.name() == Some(name.as_str())) else {
             return Err(invalid(p, format!("unknown CIP service {name:?}")));
@@ -237,7 +244,10 @@ fn compile_entry(path: &str, e: &CipEntry, rated: &mut u32) -> Result<CompiledCi
     }
     for (i, code) in e.service_codes.iter().copied().enumerate() {
         if !(0..=0x7F).contains(&code) {
-            return Err(invalid(format!("{path}.service_codes[{i}]"), format!("service code {code} is outside 0..=0x7F")));
+            return Err(invalid(
+                format!("{path}.service_codes[{i}]"),
+                format!("service code {code} is outside 0..=0x7F"),
+            ));
         }
         services.codes |= 1 << code;
         all_no_target = false;
@@ -248,7 +258,10 @@ fn compile_entry(path: &str, e: &CipEntry, rated: &mut u32) -> Result<CompiledCi
     let logical = e.classes.is_some() || e.instances.is_some() || e.attributes.is_some();
     let target = match &e.tags {
         Some(_) if logical => {
-            return Err(invalid(format!("{path}.tags"), "tags and class/instance/attribute cannot be combined in one entry"))
+            return Err(invalid(
+                format!("{path}.tags"),
+                "tags and class/instance/attribute cannot be combined in one entry",
+            ))
         }
         Some(list) => {
             let mut pats = Vec::with_capacity(list.len());
@@ -303,7 +316,10 @@ impl CipPolicy {
         for (i, d) in ir.devices.iter().enumerate() {
             if let Some(e) = &d.enip {
                 if !(1..=0xFFFF).contains(&e.port) {
-                    return Err(invalid(format!("devices[{i}].enip.port"), format!("port {} is outside 1..=65535", e.port)));
+                    return Err(invalid(
+                        format!("devices[{i}].enip.port"),
+                        format!("port {} is outside 1..=65535", e.port),
+                    ));
                 }
             }
         }
@@ -323,7 +339,10 @@ impl CipPolicy {
             let mut ps: Vec<u32> = Vec::new();
             for (k, p) in r.principals.iter().copied().enumerate() {
                 if p < 0 || p as u64 >= np as u64 {
-                    return Err(invalid(format!("rules[{ri}].principals[{k}]"), format!("principal index {p} is out of range")));
+                    return Err(invalid(
+                        format!("rules[{ri}].principals[{k}]"),
+                        format!("principal index {p} is out of range"),
+                    ));
                 }
                 if !ps.contains(&(p as u32)) {
                     ps.push(p as u32);
@@ -332,7 +351,10 @@ impl CipPolicy {
             let mut ds: Vec<u32> = Vec::new();
             for (k, d) in r.devices.iter().copied().enumerate() {
                 if d < 0 || d as u64 >= nd as u64 {
-                    return Err(invalid(format!("rules[{ri}].devices[{k}]"), format!("device index {d} is out of range")));
+                    return Err(invalid(
+                        format!("rules[{ri}].devices[{k}]"),
+                        format!("device index {d} is out of range"),
+                    ));
                 }
                 if !ds.contains(&(d as u32)) {
                     ds.push(d as u32);

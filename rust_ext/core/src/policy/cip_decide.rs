@@ -15,8 +15,8 @@ use super::cip::{CipDecision, CipReason, CompiledCipEntry, Target};
 use super::{Engine, Mode, Verdict};
 use crate::enip::{
     flatten, parse_forward_close, parse_forward_open, parse_forward_open_reply, parse_frame, parse_request,
-    parse_response, reply_matches, Address, Anomalies, Body, CipError, Command, ConnectionTable, Leaf, Payload,
-    Port, Request, Service, TableError, TagPart,
+    parse_response, reply_matches, Address, Anomalies, Body, CipError, Command, ConnectionTable, Leaf, Payload, Port,
+    Request, Service, TableError, TagPart,
 };
 
 /// General status 0x01: connection failure.

@@ -48,8 +48,8 @@ impl Pattern {
                 }
                 None
             } else {
-                let ok = !p.name.is_empty()
-                    && p.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':');
+                let ok =
+                    !p.name.is_empty() && p.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':');
                 if !ok {
                     return Err(invalid(
                         format!("{at}.name"),
@@ -68,10 +68,16 @@ impl Pattern {
                     for (k, [lo, hi]) in dims.iter().copied().enumerate() {
                         let max = u32::MAX as i64;
                         if !(0..=max).contains(&lo) || !(0..=max).contains(&hi) {
-                            return Err(invalid(format!("{at}.elements[{k}]"), format!("range [{lo}, {hi}] is outside 0..={max}")));
+                            return Err(invalid(
+                                format!("{at}.elements[{k}]"),
+                                format!("range [{lo}, {hi}] is outside 0..={max}"),
+                            ));
                         }
                         if lo > hi {
-                            return Err(invalid(format!("{at}.elements[{k}]"), format!("range [{lo}, {hi}] is reversed")));
+                            return Err(invalid(
+                                format!("{at}.elements[{k}]"),
+                                format!("range [{lo}, {hi}] is reversed"),
+                            ));
                         }
                         out.push((lo as u32, hi as u32));
                     }
