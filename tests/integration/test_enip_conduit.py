@@ -582,3 +582,30 @@ def test_cpppo_client_over_tls_as_operator(tmp_path: Path, pki: DevPki) -> None:
     records = stack.audit_records()
     assert [(r["principal"]["role"], r["verdict"], r["function"]) for r in records] == [
         ("Operator", "allow", "write_tag"), ("Operator", "deny", "write_tag")]
+
+
+def test_under_uvloop_as_zonegate_run_serves(tmp_path: Path, pki: DevPki) -> None:
+    """`zonegate run` uses uvloop, whose transports differ from asyncio's (TLS, early bytes, sockname)."""
+    uvloop = pytest.importorskip("uvloop")
+    stack = Stack(tmp_path, pki)
+
+    async def body(stack: Stack) -> None:
+        session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
+        zone = await Session.open(stack.plain_port)
+        try:
+            assert (await session.rr(wire.write_tag("Line1_Speed", 4, values=(9,)))).general_status == 0
+            assert (await session.rr(wire.write_tag("Secret", 0))).general_status == 0x0F
+            opened = await session.rr(wire.forward_open(serial=0x99))
+            o_t, _t_o = struct.unpack_from("<II", opened.data)
+            read = await session.exchange(wire.send_unit_data(wire.read_tag("Line1_Speed", 4), session.handle, o_t, 1))
+            assert ints(read) == [9]
+            assert ints(await zone.rr(wire.unconnected_send(wire.read_tag("Line1_Speed", 4)))) == [9]
+            identity = await zone.exchange(wire.header(0x63, b"", 0))
+            assert struct.unpack_from(">H", identity.frame, 24 + 6 + 4)[0] == stack.plain_port
+        finally:
+            await session.close()
+            await zone.close()
+        assert not stack.sim.saw(b"Secret")
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(stack.run(body), TEST_TIMEOUT))
