@@ -1,14 +1,17 @@
-"""Reference model of the engine stage for CIP: deciding a message's leaves in plain Python.
+"""Reference model of the engine stage for CIP: deciding a message's leaves, and an encapsulation
+message with its session's connections, in plain Python.
 
-This is docs/cip-engine.md sections 3-5 and 8 written out as directly as Python allows. Parsing is not
-modelled: the model decides over the leaves `zonegate._engine.cip_flatten` returns (section 8), so a
-disagreement with `Engine.decide_cip` is a disagreement about the decision, never about the bytes. It is
-the oracle of the property tests and is never on the per-message path.
+This is docs/cip-engine.md sections 3-6 and 8 written out as directly as Python allows. Parsing is not
+modelled: the model decides over the leaves `zonegate._engine.cip_flatten` returns (section 8), and over
+encapsulation messages described as their sender built them (`EnipMessage`), so a disagreement with
+`Engine.decide_cip` / `decide_enip` is a disagreement about the decision, never about the bytes. It is the
+oracle of the property tests and is never on the per-message path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from .reference_model import ALLOW, ALLOWED, DENY, MALFORMED, NO_MATCHING_RULE, RATE_EXCEEDED, UNKNOWN_PRINCIPAL
@@ -122,6 +125,8 @@ class CipDecision:
     denied_leaf: int | None
     target: str
     route: str
+    command: int = 0
+    encap_status: int | None = None
 
     @property
     def forward(self) -> bool:
@@ -337,3 +342,127 @@ class CipReferenceModel:
             bucket.level -= rate.period_ns
             return True
         return False
+
+
+# --- encapsulation messages (section 6) -------------------------------------------------------------
+
+NOP: Final = 0x0000
+LIST_SERVICES: Final = 0x0004
+LIST_IDENTITY: Final = 0x0063
+LIST_INTERFACES: Final = 0x0064
+REGISTER_SESSION: Final = 0x0065
+UNREGISTER_SESSION: Final = 0x0066
+SEND_RR_DATA: Final = 0x006F
+SEND_UNIT_DATA: Final = 0x0070
+ANSWERED_COMMANDS: Final = frozenset({NOP, LIST_SERVICES, LIST_IDENTITY, LIST_INTERFACES, REGISTER_SESSION,
+                                      UNREGISTER_SESSION})
+
+NULL_ADDRESS: Final = 0x0000
+CONNECTED_ADDRESS: Final = 0x00A1
+SEQUENCED_ADDRESS: Final = 0x8002
+CONNECTED_DATA: Final = 0x00B1
+UNCONNECTED_DATA: Final = 0x00B2
+
+ENCAP_INVALID_COMMAND: Final = 0x0001
+ENCAP_INCORRECT_DATA: Final = 0x0003
+CONNECTION_FAILURE: Final = 0x01
+MAX_CONNECTIONS: Final = 128
+
+Triad = tuple[int, int, int]  # connection serial, originator vendor, originator serial
+
+
+@dataclass(frozen=True)
+class EnipMessage:
+    """An encapsulation message that frames correctly, as its sender built it: the command word, the CPF
+    items of SendRRData / SendUnitData, and, when the whole CIP message of a SendRRData is a (Large)
+    Forward Open whose data reads, its triad and the hops of its connection path."""
+
+    command: int
+    items: tuple[tuple[int, bytes], ...] = ()
+    forward_open: tuple[Triad, tuple[Hop, ...]] | None = None
+
+
+@dataclass
+class ModelSession:
+    """One client connection's connections: pending by triad, open by O->T connection id."""
+
+    pending: dict[Triad, tuple[Hop, ...]] = field(default_factory=dict)
+    open: dict[int, tuple[Triad, tuple[Hop, ...]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.pending) + len(self.open)
+
+    def requested(self, triad: Triad, hops: tuple[Hop, ...]) -> str | None:
+        """Remember a forwarded Forward Open; the malformed kind when the session cannot."""
+        if triad in self.pending or any(t == triad for t, _ in self.open.values()):
+            return "duplicate_connection"
+        if len(self) >= MAX_CONNECTIONS:
+            return "too_many_connections"
+        self.pending[triad] = hops
+        return None
+
+    def replied(self, triad: Triad, ot_connection_id: int) -> None:
+        """The device opened the connection (a reply to no pending Forward Open opens nothing)."""
+        if triad in self.pending:
+            self.open[ot_connection_id] = (triad, self.pending.pop(triad))
+
+    def refused(self, triad: Triad) -> None:
+        self.pending.pop(triad, None)
+
+    def closed(self, triad: Triad) -> None:
+        self.pending.pop(triad, None)
+        for connection_id, (t, _) in list(self.open.items()):
+            if t == triad:
+                del self.open[connection_id]
+                break
+
+
+Flatten = Callable[[bytes], "list[Leaf] | str"]
+
+
+def _first(items: tuple[tuple[int, bytes], ...], kinds: tuple[int, ...]) -> tuple[int, bytes] | None:
+    return next((item for item in items if item[0] in kinds), None)
+
+
+def decide_enip(reference: CipReferenceModel, principal: int, device: int, session: ModelSession,
+                message: EnipMessage, flatten: Flatten, now_ns: int) -> CipDecision:
+    """Section 6 and its section 8 additions: one encapsulation message of a client connection."""
+    command = message.command
+    base = CipDecision(ALLOW, ALLOWED, "", None, None, 0, 0, None, "", "", command)
+    if not 0 <= principal < reference.principal_count:
+        return replace(base, verdict=DENY, reason=UNKNOWN_PRINCIPAL, general_status=PRIVILEGE_VIOLATION)
+    if command in ANSWERED_COMMANDS:
+        return base
+    if command not in (SEND_RR_DATA, SEND_UNIT_DATA):
+        return replace(base, verdict=DENY, reason=COMMAND_NOT_ALLOWED, encap_status=ENCAP_INVALID_COMMAND)
+    bad_items = replace(base, verdict=DENY, reason=MALFORMED, malformed="cpf_bad_items",
+                        encap_status=ENCAP_INCORRECT_DATA)
+    address = _first(message.items, (NULL_ADDRESS, CONNECTED_ADDRESS, SEQUENCED_ADDRESS))
+    payload = _first(message.items, (CONNECTED_DATA, UNCONNECTED_DATA))
+    two = len(message.items) == 2
+    if command == SEND_RR_DATA:
+        if address is None or address[0] != NULL_ADDRESS or payload is None or payload[0] != UNCONNECTED_DATA or not two:
+            return bad_items
+        cip = payload[1]
+        out = replace(reference.decide(principal, device, cip[0] if cip else 0, flatten(cip), now_ns), command=command)
+        if out.forward and message.forward_open is not None:
+            refused = session.requested(*message.forward_open)
+            if refused is not None:
+                # a connection the session could not attribute must not open, whatever the mode
+                out = replace(out, verdict=DENY, reason=MALFORMED, rule_id="", malformed=refused,
+                              general_status=CONNECTION_FAILURE, denied_leaf=0)
+        return out
+    if address is not None and address[0] == CONNECTED_ADDRESS and payload is not None \
+            and payload[0] == CONNECTED_DATA and two:
+        connection_id = int.from_bytes(address[1][:4], "little")
+        cip = payload[1][2:]
+        connection = session.open.get(connection_id)
+        if connection is None:
+            return replace(base, verdict=DENY, reason=MALFORMED, malformed="unknown_connection",
+                           general_status=CONNECTION_FAILURE, service=cip[0] if cip else 0)
+        decided = reference.decide(principal, device, cip[0] if cip else 0, flatten(cip), now_ns, connection[1])
+        return replace(decided, command=command)
+    if address is not None and address[0] == SEQUENCED_ADDRESS:
+        return replace(base, verdict=DENY, reason=MALFORMED, malformed="io_connection",
+                       encap_status=ENCAP_INCORRECT_DATA)
+    return bad_items

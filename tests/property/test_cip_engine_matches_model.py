@@ -94,16 +94,19 @@ def multiple_service(inner: list[bytes]) -> bytes:
     return request(0x0A, MESSAGE_ROUTER, data)
 
 
-def forward_open(large: bool, transport: int, path: bytes) -> bytes:
+TRIAD = (7, 0x1337, 42)  # connection serial, originator vendor, originator serial
+
+
+def forward_open(large: bool, transport: int, path: bytes, triad: tuple[int, int, int] = TRIAD) -> bytes:
     params = (lambda v: struct.pack("<I", v)) if large else (lambda v: struct.pack("<H", v))
-    data = bytes([0x0A, 0xF0]) + struct.pack("<II", 0, 0x1234) + struct.pack("<HHI", 7, 0x1337, 42)
+    data = bytes([0x0A, 0xF0]) + struct.pack("<II", 0, 0x1234) + struct.pack("<HHI", *triad)
     data += bytes([1, 0, 0, 0]) + struct.pack("<I", 100_000) + params(0x43F4)
     data += struct.pack("<I", 100_000) + params(0x43F4) + bytes([transport, len(path) // 2]) + path
     return request(0x5B if large else 0x54, CONNECTION_MANAGER, data)
 
 
-def forward_close(path: bytes) -> bytes:
-    data = bytes([0x0A, 0xF0]) + struct.pack("<HHI", 7, 0x1337, 42) + bytes([len(path) // 2, 0]) + path
+def forward_close(path: bytes, triad: tuple[int, int, int] = TRIAD) -> bytes:
+    data = bytes([0x0A, 0xF0]) + struct.pack("<HHI", *triad) + bytes([len(path) // 2, 0]) + path
     return request(0x4E, CONNECTION_MANAGER, data)
 
 
@@ -249,7 +252,7 @@ PERMISSIVE: list[dict[str, Any]] = [
 
 @st.composite
 def cip_policies(draw: st.DrawFn) -> dict[str, Any]:
-    rules = []
+    rules: list[dict[str, Any]] = []
     for n in range(draw(st.integers(1, 4))):
         rules.append({
             "id": f"r{n}",
