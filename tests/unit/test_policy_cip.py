@@ -384,3 +384,11 @@ def test_enip_host_as_a_name_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "x.yaml:7:12: devices.press.enip.host: warning: the nftables table needs an address: "
         "'press.cell-a.example' is not an IP address"
     ]
+
+
+def test_check_summary_counts_cip_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zonegate.commands.check import summary
+
+    loaded = load_text(tmp_path, policy("      - services: no_operation\n      - services: read_tag\n        tags: X\n"),
+                       monkeypatch)
+    assert ", 1 rule, 0 allow entries, 2 cip entries, 0 listeners;" in summary("x.yaml", loaded)
