@@ -3,9 +3,12 @@ pinned to file, line, column and field (docs/cip-engine.md sections 1-4)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_policy_support import issues_of, load_text
 
 from zonegate.controlplane.policy import cip
@@ -392,3 +395,50 @@ def test_check_summary_counts_cip_entries(tmp_path: Path, monkeypatch: pytest.Mo
     loaded = load_text(tmp_path, policy("      - services: no_operation\n      - services: read_tag\n        tags: X\n"),
                        monkeypatch)
     assert ", 1 rule, 0 allow entries, 2 cip entries, 0 listeners;" in summary("x.yaml", loaded)
+
+
+_NAME_CHARS = "abcXYZ019_:"
+
+
+@st.composite
+def written_patterns(draw: st.DrawFn) -> tuple[str, list[tuple[str, list[list[int]] | None]]]:
+    """A tag pattern as an author writes it, and the parts the loader must make of it."""
+    texts, parts = [], []
+    for n in range(draw(st.integers(1, 4))):
+        if draw(st.integers(0, 4)) == 0:
+            texts.append("*")
+            parts.append(("*", None))
+            continue
+        name = draw(st.text(_NAME_CHARS, min_size=1, max_size=8))
+        dims = draw(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)).map(sorted),
+                             max_size=3))
+        written = ",".join(f"{lo}..{hi}" if lo != hi or draw(st.booleans()) else str(lo) for lo, hi in dims)
+        texts.append(name + (f"[{written}]" if dims else ""))
+        parts.append((name.lower(), [list(d) for d in dims] if dims else None))
+    return ".".join(texts), parts
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(written=written_patterns(), codes=st.lists(st.integers(0, 0x7F), max_size=3),
+       names=st.lists(st.sampled_from(sorted(cip.SERVICES)), min_size=1, max_size=5),
+       routes=st.lists(st.lists(st.tuples(st.integers(1, 65535), st.integers(0, 255)), max_size=3), max_size=2))
+def test_written_entries_compile_as_written_and_the_engine_takes_them(
+    written: tuple[str, list[tuple[str, object]]], codes: list[int], names: list[str],
+    routes: list[list[tuple[int, int]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zonegate import _engine
+
+    text, parts = written
+    route_texts = ["/".join(f"{p},{link}" for p, link in route) for route in routes]
+    entries = (
+        f"      - services: {json.dumps(names + [hex(c) for c in codes])}\n"
+        f"        tags: [{json.dumps(text)}]\n"
+        + (f"        routes: {json.dumps(route_texts)}\n" if route_texts else "")
+    )
+    loaded = load_text(tmp_path, policy(entries), monkeypatch)
+    got = loaded.ir()["rules"][0]["cip"][0]
+    assert [(p["name"], p["elements"]) for p in got["tags"][0]["parts"]] == parts
+    assert set(got["services"]) | {f"code {c}" for c in got["service_codes"]} == \
+        set(names) | {cip.COMMON_BY_CODE.get(c, f"code {c}") for c in codes}
+    assert got["routes"] == (None if not routes else [[[p, [link]] for p, link in route] for route in routes])
+    _engine.Engine(loaded.ir_json())
