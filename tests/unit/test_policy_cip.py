@@ -403,7 +403,8 @@ _NAME_CHARS = "abcXYZ019_:"
 @st.composite
 def written_patterns(draw: st.DrawFn) -> tuple[str, list[tuple[str, list[list[int]] | None]]]:
     """A tag pattern as an author writes it, and the parts the loader must make of it."""
-    texts, parts = [], []
+    texts: list[str] = []
+    parts: list[tuple[str, list[list[int]] | None]] = []
     for n in range(draw(st.integers(1, 4))):
         if draw(st.integers(0, 4)) == 0:
             texts.append("*")
