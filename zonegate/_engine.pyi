@@ -139,6 +139,30 @@ class ReplayDenial:
     rule_id: str
 
 @final
+class ReplayCipDenial:
+    """One EtherNet/IP message the policy would have refused, as found in a capture."""
+
+    frame: int  # capture frame that completed the message, numbered from 1
+    ts_ns: int
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    principal: str  # empty when no principal matched the client
+    device: str  # empty when no device matched the server
+    command: str  # encapsulation command name ("send_unit_data"), or "0x...." when unknown
+    service: str  # service of the denied CIP request (inside any container); "" when none was read
+    verdict: str
+    reason: str
+    malformed: str | None
+    rule_id: str
+    target: str  # tag name, "class 0x01 instance 1 attribute 7", or ""
+    route: str  # docs/cip-engine.md section 4 syntax
+    denied_leaf: int | None
+    general_status: int | None
+    encap_status: int | None
+
+@final
 class ReplayReport:
     """What a policy would have done to a capture."""
 
@@ -165,6 +189,26 @@ class ReplayReport:
     anomalies: dict[str, int]
     bytes_read: int
     capture_error: str | None
+    # EtherNet/IP flows (docs/replay.md): encapsulation messages decided with decide_enip
+    cip_flows: int
+    cip_requests: int
+    cip_allowed: int
+    cip_denied: int
+    cip_would_deny: int
+    cip_malformed: int
+    cip_replies: int
+    cip_error_replies: int  # non-zero encapsulation status or CIP general status
+    cip_leaves: int  # CIP requests inside the decided messages, containers opened
+    cip_by_command: dict[str, int]
+    cip_replies_by_command: dict[str, int]
+    cip_by_service: dict[str, int]  # outer service of each CIP message
+    cip_by_leaf_service: dict[str, int]  # every request inside, containers opened
+    cip_by_reason: dict[str, int]
+    cip_by_malformed: dict[str, int]
+    cip_by_rule: dict[str, int]
+    cip_by_rule_denied: dict[str, int]
+    cip_anomalies: dict[str, int]  # unseen_connection_requests, unmatched_replies
+    cip_denials: list[ReplayCipDenial]
 
 def replay_capture(
     ir_json: str,
