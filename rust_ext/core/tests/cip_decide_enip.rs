@@ -327,7 +327,35 @@ fn a_denied_forward_open_is_not_recorded_unless_monitor_mode_forwards_it() {
 }
 
 #[test]
-fn a_forward_open_inside_a_container_is_decided_but_not_recorded() {
+fn a_forward_open_through_unconnected_sends_carries_their_route() {
+    let e = engine("enforce", true);
+    let mut s = EnipSession::new();
+    // Through backplane slot 2 (a bridge), whose Connection Manager opens the connection path 1,0.
+    let fo = send_rr(&unconnected_send(&forward_open(false, 1), &[0x01, 0x02]));
+    let d = e.decide_enip(OPERATOR, PLC, &mut s, &fo, 0);
+    assert_eq!((d.verdict, d.route.as_str()), (Verdict::Allow, "1,2"));
+    assert_eq!(s.connections(), 1);
+    // The target's own Forward Open reply answers it.
+    assert!(s.observe_reply(&fo, &send_rr(&forward_open_reply(1, OT_ID))));
+    // Recipe is readable behind slot 0 only: the Recipe entry fails at the route (the other entries
+    // fail deeper, at the service, and name the refusal).
+    let d = e.decide_enip(OPERATOR, PLC, &mut s, &send_unit(OT_ID, 1, &read_tag("Recipe")), 0);
+    assert_eq!((d.verdict, d.reason, d.route.as_str()), (Verdict::Deny, CipReason::ServiceNotAllowed, "1,2/1,0"));
+    // A router that cannot deliver it answers for the Unconnected Send: nothing opens.
+    let fo = send_rr(&unconnected_send(&unconnected_send(&forward_open(true, 2), &[0x01, 0x02]), &[0x01, 0x03]));
+    assert_eq!(e.decide_enip(OPERATOR, PLC, &mut s, &fo, 0).route, "1,3/1,2");
+    assert_eq!(s.connections(), 2);
+    assert!(s.observe_reply(&fo, &send_rr(&[0xD2, 0x00, 0x01, 0x01, 0x04, 0x03])));
+    assert_eq!(s.connections(), 1);
+    // A Forward Close delivered the same way closes it.
+    let fc = send_rr(&unconnected_send(&forward_close(1), &[0x01, 0x02]));
+    assert!(e.decide_enip(OPERATOR, PLC, &mut s, &fc, 0).forward());
+    assert!(s.observe_reply(&fc, &send_rr(&[0xCE, 0x00, 0x00, 0x00, 1, 0, 0x4D, 0, 0x78, 0x56, 0x34, 0x12, 0, 0])));
+    assert_eq!(s.connections(), 0);
+}
+
+#[test]
+fn a_forward_open_inside_a_multiple_service_packet_is_decided_but_not_recorded() {
     let e = engine("enforce", true);
     let mut s = EnipSession::new();
     let d = e.decide_enip(OPERATOR, PLC, &mut s, &send_rr(&msp(&[&forward_open(false, 1)])), 0);

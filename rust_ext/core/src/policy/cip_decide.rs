@@ -15,8 +15,8 @@ use super::cip::{CipDecision, CipReason, CompiledCipEntry, Target};
 use super::{Engine, Mode, Verdict};
 use crate::enip::{
     flatten, parse_forward_close, parse_forward_open, parse_forward_open_reply, parse_frame, parse_request,
-    parse_response, reply_matches, Address, Anomalies, Body, CipError, Command, ConnectionTable, Leaf, Payload, Port,
-    Request, Service, TableError, TagPart,
+    parse_response, parse_unconnected_send, reply_matches, Address, Anomalies, Body, CipError, Command,
+    ConnectionTable, Leaf, Payload, Port, Request, Service, TableError, TagPart, MAX_DEPTH,
 };
 
 /// General status 0x01: connection failure.
@@ -51,6 +51,23 @@ pub fn leaf_connection(req: &Request<'_>) -> Result<Option<u8>, CipError> {
         Service::ForwardClose => parse_forward_close(req.data).map(|_| None),
         _ => Ok(None),
     }
+}
+
+/// The request a chain of Unconnected Sends delivers (or the message itself when it is none), and the
+/// hops the chain adds, outermost first.
+fn delivered(msg: &[u8]) -> Option<(Request<'_>, Vec<Port>)> {
+    let mut hops = Vec::new();
+    let mut msg = msg;
+    for _ in 0..=MAX_DEPTH {
+        let r = parse_request(msg).ok()?;
+        if r.service != Service::UnconnectedSend {
+            return Some((r, hops));
+        }
+        let us = parse_unconnected_send(r.data).ok()?;
+        hops.extend(us.route);
+        msg = us.message;
+    }
+    None
 }
 
 /// Why a leaf is malformed (step 2), as a kind name and the general status to answer.
@@ -236,13 +253,15 @@ impl EnipSession {
         else {
             return true;
         };
-        let (Ok(req), Ok(rep)) = (parse_request(qm), parse_response(am)) else { return true };
+        let (Some((req, _)), Ok(rep)) = (delivered(qm), parse_response(am)) else { return true };
+        // A router that could not deliver an Unconnected Send answers for it (0x52 | 0x80).
+        let delivered_ok = rep.general_status == 0 && rep.code == req.code;
         match req.service {
             Service::ForwardOpen | Service::LargeForwardOpen => {
                 let Ok(fo) = parse_forward_open(req.data, req.service == Service::LargeForwardOpen) else {
                     return true;
                 };
-                if rep.general_status != 0 {
+                if !delivered_ok {
                     self.table.open_refused(&fo.triad);
                     return true;
                 }
@@ -258,7 +277,7 @@ impl EnipSession {
                 }
             }
             Service::ForwardClose => {
-                if rep.general_status == 0 {
+                if delivered_ok {
                     if let Ok(fc) = parse_forward_close(req.data) {
                         self.table.close(&fc.triad);
                     }
@@ -491,16 +510,20 @@ impl Engine {
         }
     }
 
-    /// A forwarded Forward Open that is the whole message goes into the table; one the table cannot
-    /// hold is refused in both modes, since connected requests on it could not be attributed.
+    /// A forwarded Forward Open that is the whole message, or all an Unconnected Send chain delivers,
+    /// goes into the table with the chain's hops ahead of its connection path's ports; one the table
+    /// cannot hold is refused in both modes, since connected requests on it could not be attributed.
     fn record_forward_open(&self, d: &mut CipDecision, session: &mut EnipSession, msg: &[u8]) {
-        let Ok(req) = parse_request(msg) else { return };
+        let Some((req, hops)) = delivered(msg) else { return };
         let large = match req.service {
             Service::ForwardOpen => false,
             Service::LargeForwardOpen => true,
             _ => return,
         };
-        let Ok(fo) = parse_forward_open(req.data, large) else { return };
+        let Ok(mut fo) = parse_forward_open(req.data, large) else { return };
+        if !hops.is_empty() {
+            fo.path.route = hops.into_iter().chain(fo.path.route).collect();
+        }
         let refused = match session.table.open_requested(&fo) {
             Ok(()) => return,
             Err(TableError::DuplicateTriad) => "duplicate_connection",
