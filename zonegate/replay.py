@@ -253,7 +253,8 @@ def _cip_lines(r: _engine.ReplayReport) -> list[str]:
         lines += [f"    {name:<{width}}  {n}" for name, n in commands.items()]
     lines += ["  " + line for line in _table("by service (outer CIP request):", r.cip_by_service)]
     if r.cip_by_leaf_service != r.cip_by_service:
-        lines += ["  " + line for line in _table("by service (every CIP request, containers opened):", r.cip_by_leaf_service)]
+        inside = _table("by service (every CIP request, containers opened):", r.cip_by_leaf_service)
+        lines += ["  " + line for line in inside]
     if r.cip_denials:
         shown = len(r.cip_denials)
         total = r.cip_denied + r.cip_would_deny

@@ -197,7 +197,8 @@ def tshark(path: Path, *fields: str) -> list[list[str]]:
 def test_every_message_tshark_dissects_is_decided(name: str) -> None:
     path = shared(name)
     require(shutil.which("tshark") is not None, "tshark is not installed (apt-get install tshark)")
-    expected = Counter((int(frame), int(command, 16)) for frame, command in tshark(path, "frame.number", "enip.command"))
+    dissected = tshark(path, "frame.number", "enip.command")
+    expected = Counter((int(frame), int(command, 16)) for frame, command in dissected)
     assert trace(path) == expected
 
 

@@ -268,3 +268,29 @@ fn a_flow_joined_mid_message_realigns_on_a_message_start() {
     assert_eq!((r.cip.requests, r.invalid_streams), (0, 1));
     assert_eq!(r.invalid_list[0].reason.name(), "length");
 }
+
+#[test]
+fn damaged_enip_captures_are_counted_never_crash() {
+    // A connected session with its Forward Open, then bytes flipped all over it (headers included).
+    let clean = connected_session(true);
+    let ir_json = ir("enforce");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..400 {
+        let mut buf = clean.clone();
+        for _ in 0..6 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = 24 + (x as usize) % (buf.len() - 24);
+            buf[at] ^= (x >> 32) as u8 | 1;
+        }
+        let ir: Ir = serde_json::from_str(&ir_json).unwrap();
+        let mut engine = Engine::compile(&ir).unwrap();
+        if let Ok(r) = replay_capture(&buf, &mut engine, Targets::from_ir(&ir), 1, 10, |_, _| {}) {
+            let c = &r.cip;
+            assert_eq!(c.allowed + c.denied + c.would_deny, c.requests);
+            assert!(c.malformed <= c.denied);
+            assert!(c.allowed <= 2, "no damage makes more of this session allowed: {c:?}");
+        }
+    }
+}
