@@ -106,6 +106,17 @@ class Engine:
     ) -> BatchSummary:
         """Split `buf` and decide every complete ADU at its start, at one instant, without the GIL."""
 
+    def decide_cip(
+        self, principal: int, device: int, message: bytes, now_ns: int | None = None, route: bytes | None = None
+    ) -> CipDecision:
+        """Decide one CIP message router request; `route` is a connection path EPATH whose ports prefix
+        every leaf's route. ValueError(kind) when `route` does not parse or names a tag."""
+
+    def decide_enip(
+        self, principal: int, device: int, session: EnipSession, frame: bytes, now_ns: int | None = None
+    ) -> CipDecision:
+        """Decide one EtherNet/IP encapsulation message of the client connection `session` tracks."""
+
 # --- capture replay (`zonegate replay`; binding in rust_ext/src/py_replay.rs) ------------------------
 
 @final
@@ -126,6 +137,30 @@ class ReplayDenial:
     reason: str
     malformed: str | None
     rule_id: str
+
+@final
+class ReplayCipDenial:
+    """One EtherNet/IP message the policy would have refused, as found in a capture."""
+
+    frame: int  # capture frame that completed the message, numbered from 1
+    ts_ns: int
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    principal: str  # empty when no principal matched the client
+    device: str  # empty when no device matched the server
+    command: str  # encapsulation command name ("send_unit_data"), or "0x...." when unknown
+    service: str  # service of the denied CIP request (inside any container); "" when none was read
+    verdict: str
+    reason: str
+    malformed: str | None
+    rule_id: str
+    target: str  # tag name, "class 0x01 instance 1 attribute 7", or ""
+    route: str  # docs/cip-engine.md section 4 syntax
+    denied_leaf: int | None
+    general_status: int | None
+    encap_status: int | None
 
 @final
 class ReplayReport:
@@ -154,6 +189,26 @@ class ReplayReport:
     anomalies: dict[str, int]
     bytes_read: int
     capture_error: str | None
+    # EtherNet/IP flows (docs/replay.md): encapsulation messages decided with decide_enip
+    cip_flows: int
+    cip_requests: int
+    cip_allowed: int
+    cip_denied: int
+    cip_would_deny: int
+    cip_malformed: int
+    cip_replies: int
+    cip_error_replies: int  # non-zero encapsulation status or CIP general status
+    cip_leaves: int  # CIP requests inside the decided messages, containers opened
+    cip_by_command: dict[str, int]
+    cip_replies_by_command: dict[str, int]
+    cip_by_service: dict[str, int]  # outer service of each CIP message
+    cip_by_leaf_service: dict[str, int]  # every request inside, containers opened
+    cip_by_reason: dict[str, int]
+    cip_by_malformed: dict[str, int]
+    cip_by_rule: dict[str, int]
+    cip_by_rule_denied: dict[str, int]
+    cip_anomalies: dict[str, int]  # unseen_connection_requests, unmatched_replies
+    cip_denials: list[ReplayCipDenial]
 
 def replay_capture(
     ir_json: str,
@@ -165,3 +220,64 @@ def replay_capture(
     progress: Callable[[int, int], object] | None = None,
 ) -> ReplayReport:
     """Replay a pcap or pcapng file through a policy given as IR JSON (docs/engine.md section 3)."""
+
+# --- EtherNet/IP and CIP decisions (docs/cip-engine.md section 8; binding in rust_ext/src/py_cip.rs) ------
+#
+# CipDecision.reason: 0 allowed, 1 unknown_principal, 2 malformed, 3 no_matching_rule, 9 rate_exceeded,
+#   10 route_not_allowed, 11 service_not_allowed, 12 target_not_allowed, 13 command_not_allowed
+# verdict as for Decision: 0 allow, 1 deny, 2 would_deny
+
+@final
+class CipDecision:
+    verdict: int
+    reason: int
+    rule_id: str  # empty when no rule decided
+    malformed: str | None  # kind name when reason is malformed
+    general_status: int | None  # CIP general status to answer (a deny at the CIP level)
+    encap_status: int | None  # encapsulation status to answer (a deny at the encapsulation level)
+    command: int  # encapsulation command word; 0 for decide_cip
+    service: int  # outer CIP service byte; 0 when none
+    leaves: int  # leaves decided against the policy
+    denied_leaf: int | None  # wire-order index of the first denied (or malformed) leaf
+    target: str  # the denied leaf's target, or the first leaf's when allowed
+    route: str  # that leaf's route text
+    @property
+    def forward(self) -> bool: ...
+
+@final
+class EnipSession:
+    """Connection table of one client connection (Forward Open -> connection id -> route)."""
+
+    def __new__(cls) -> EnipSession: ...
+    def __init__(self) -> None: ...
+    @property
+    def connections(self) -> int: ...
+    def observe_reply(self, request: bytes, reply: bytes, /) -> bool:
+        """False when `reply` does not answer `request`; else applies Forward Open replies and Forward
+        Close to the table and returns True."""
+
+def enip_split(buf: bytes, /) -> tuple[int, int]:
+    """(COMPLETE, used), (INCOMPLETE, needed) or (INVALID, 1: length beyond the bound)."""
+
+def cip_service_names() -> tuple[str, ...]:
+    """Every CIP service name a policy may use (containers excluded)."""
+
+_CipLeaf = tuple[
+    str | None,  # service name; None for an unresolved code
+    int,  # service code byte
+    str,  # route text
+    str | None,  # tag text, case as on the wire
+    int | None,  # class
+    int | None,  # instance
+    int | None,  # attribute
+    int | None,  # element count (Read/Write Tag and their Fragmented forms)
+    int,  # anomaly bits
+    tuple[tuple[int, bytes], ...],  # route hops (port, link), as compared
+    tuple[tuple[str, tuple[int, ...]], ...] | None,  # tag parts and their elements
+    int,  # depth
+    int | None,  # Forward Open transport class
+    str | None,  # Forward Open / Close data error kind
+]
+
+def cip_flatten(message: bytes, /) -> list[_CipLeaf]:
+    """Every request inside a message router request, in wire order; ValueError(kind) when it does not flatten."""

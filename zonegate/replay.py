@@ -1,8 +1,9 @@
 """Replay stage (offline, beside the data plane): what a policy would have done to a recorded capture.
 
 The capture is read, reassembled and decided in Rust (`zonegate._engine.replay_capture`, one call with
-the GIL released); this module loads the policy, drives that call, and turns its report into the text
-and JSON that `zonegate replay` prints. Semantics of flows, principals and devices: docs/replay.md.
+the GIL released), Modbus/TCP and EtherNet/IP alike; this module loads the policy, drives that call, and
+turns its report into the text and JSON that `zonegate replay` prints. Semantics of flows, principals
+and devices: docs/replay.md.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ class ReplayResult:
 
     @property
     def would_be_denied(self) -> int:
-        """Requests the policy refuses, in enforce mode (denied) or monitor mode (would_deny)."""
-        return self.report.denied + self.report.would_deny
+        """Requests (Modbus/TCP and EtherNet/IP) the policy refuses, in enforce mode (denied) or monitor
+        mode (would_deny)."""
+        r = self.report
+        return r.denied + r.would_deny + r.cip_denied + r.cip_would_deny
 
     @property
     def complete(self) -> bool:
@@ -96,6 +99,52 @@ def _denial_json(d: _engine.ReplayDenial) -> dict[str, Any]:
     }
 
 
+def _cip_denial_json(d: _engine.ReplayCipDenial) -> dict[str, Any]:
+    return {
+        "frame": d.frame,
+        "time_ns": d.ts_ns,
+        "client": f"{d.client}:{d.client_port}",
+        "server": f"{d.server}:{d.server_port}",
+        "principal": d.principal or None,
+        "device": d.device or None,
+        "command": d.command,
+        "service": d.service or None,
+        "target": d.target,
+        "route": d.route,
+        "leaf": d.denied_leaf,
+        "verdict": d.verdict,
+        "reason": d.reason,
+        "malformed": d.malformed,
+        "rule": d.rule_id or None,
+        "general_status": d.general_status,
+        "encap_status": d.encap_status,
+    }
+
+
+def _cip_json(r: _engine.ReplayReport) -> dict[str, Any]:
+    return {
+        "flows": r.cip_flows,
+        "requests": r.cip_requests,
+        "allowed": r.cip_allowed,
+        "denied": r.cip_denied,
+        "would_deny": r.cip_would_deny,
+        "malformed": r.cip_malformed,
+        "replies": r.cip_replies,
+        "error_replies": r.cip_error_replies,
+        "leaves": r.cip_leaves,
+        "by_rule": dict(r.cip_by_rule),
+        "by_rule_denied": dict(r.cip_by_rule_denied),
+        "by_reason": dict(r.cip_by_reason),
+        "by_malformed": dict(r.cip_by_malformed),
+        "by_command": dict(r.cip_by_command),
+        "replies_by_command": dict(r.cip_replies_by_command),
+        "by_service": dict(r.cip_by_service),
+        "by_leaf_service": dict(r.cip_by_leaf_service),
+        "first_denials": [_cip_denial_json(d) for d in r.cip_denials],
+        "anomalies": dict(r.cip_anomalies),
+    }
+
+
 def to_json(result: ReplayResult) -> dict[str, Any]:
     """The `--json` object: one document, keys stable for CI scripts."""
     r = result.report
@@ -133,6 +182,7 @@ def to_json(result: ReplayResult) -> dict[str, Any]:
         ],
         "first_denials": [_denial_json(d) for d in r.denials],
         "anomalies": dict(r.anomalies),
+        "cip": _cip_json(r),
     }
 
 
@@ -154,6 +204,77 @@ def render_text(result: ReplayResult) -> str:
     if result.principal or result.device:
         who = [f"principal {result.principal}" if result.principal else "", f"device {result.device}" if result.device else ""]
         lines.append("decided as " + " and ".join(w for w in who if w) + " for every flow")
+    if r.requests or r.replies or not r.cip_flows:
+        lines += _modbus_lines(r)
+    if r.cip_flows:
+        lines += _cip_lines(r)
+    if r.invalid_streams:
+        lines.append(f"not Modbus/TCP or EtherNet/IP (skipped): {r.invalid_streams} stream directions")
+        for frame, c, cp, s, sp, direction, reason in r.invalid_list:
+            lines.append(f"  frame {frame}: {c}:{cp} -> {s}:{sp} {direction}: {reason}")
+    seen = {name: n for name, n in r.anomalies.items() if n}
+    seen.update({name: n for name, n in r.cip_anomalies.items() if n})
+    if seen:
+        lines.append("anomalies: " + ", ".join(f"{name} {n}" for name, n in seen.items()))
+    if r.capture_error:
+        lines.append(f"capture damaged: {r.capture_error}; the report covers the frames before it")
+    return "\n".join(lines)
+
+
+def _table(title: str, counts: dict[str, int]) -> list[str]:
+    if not counts:
+        return []
+    width = max(len(name) for name in counts)
+    return [title] + [f"  {name:<{width}}  {n}" for name, n in counts.items()]
+
+
+def _cip_lines(r: _engine.ReplayReport) -> list[str]:
+    """The EtherNet/IP half: messages per command, CIP services, reasons and rules, the first denials."""
+    lines = [
+        f"EtherNet/IP messages {r.cip_requests} ({_count(r.cip_flows, 'flow')}, {r.cip_leaves} CIP requests inside): "
+        f"allowed {r.cip_allowed}, denied {r.cip_denied}, would_deny {r.cip_would_deny}, malformed {r.cip_malformed}; "
+        f"replies {r.cip_replies} ({r.cip_error_replies} errors)"
+    ]
+    if r.cip_by_rule:
+        lines.append("  by rule (allowed / denied as the closest rule):")
+        width = max(len(rule) for rule in r.cip_by_rule)
+        lines += [
+            f"    {rule:<{width}}  {n:>8} / {r.cip_by_rule_denied.get(rule, 0)}" for rule, n in r.cip_by_rule.items()
+        ]
+    lines += ["  " + line for line in _table("by reason:", r.cip_by_reason)]
+    lines += ["  " + line for line in _table("by malformed kind:", r.cip_by_malformed)]
+    commands = {
+        name: f"{r.cip_by_command.get(name, 0)} / {r.cip_replies_by_command.get(name, 0)}"
+        for name in sorted(set(r.cip_by_command) | set(r.cip_replies_by_command))
+    }
+    if commands:
+        width = max(len(name) for name in commands)
+        lines.append("  by command (requests / replies):")
+        lines += [f"    {name:<{width}}  {n}" for name, n in commands.items()]
+    lines += ["  " + line for line in _table("by service (outer CIP request):", r.cip_by_service)]
+    if r.cip_by_leaf_service != r.cip_by_service:
+        inside = _table("by service (every CIP request, containers opened):", r.cip_by_leaf_service)
+        lines += ["  " + line for line in inside]
+    if r.cip_denials:
+        shown = len(r.cip_denials)
+        total = r.cip_denied + r.cip_would_deny
+        lines.append(f"  first denials ({shown} of {total}):" if shown < total else "  denials:")
+        for d in r.cip_denials:
+            what = " ".join(part for part in (d.command, d.service, d.target) if part)
+            route = f" route {d.route}" if d.route else ""
+            leaf = f" (request {d.denied_leaf})" if d.denied_leaf else ""
+            rule = f" rule {d.rule_id}" if d.rule_id else ""
+            lines.append(
+                f"    frame {d.frame}: {d.client}:{d.client_port} -> {d.server}:{d.server_port} "
+                f"principal {d.principal or '?'} device {d.device or '?'} {what}{leaf}{route}: {d.verdict} {d.reason}"
+                + (f" ({d.malformed})" if d.malformed else "")
+                + rule
+            )
+    return lines
+
+
+def _modbus_lines(r: _engine.ReplayReport) -> list[str]:
+    lines = []
     lines.append(
         f"requests {r.requests}: allowed {r.allowed}, denied {r.denied}, would_deny {r.would_deny}, "
         f"malformed {r.malformed}; replies {r.replies} ({r.exception_replies} exceptions)"
@@ -184,16 +305,7 @@ def render_text(result: ReplayResult) -> str:
                 + (f" ({d.malformed})" if d.malformed else "")
                 + rule
             )
-    if r.invalid_streams:
-        lines.append(f"not Modbus/TCP (skipped): {r.invalid_streams} stream directions")
-        for frame, c, cp, s, sp, direction, reason in r.invalid_list:
-            lines.append(f"  frame {frame}: {c}:{cp} -> {s}:{sp} {direction}: {reason}")
-    seen = {name: n for name, n in r.anomalies.items() if n}
-    if seen:
-        lines.append("anomalies: " + ", ".join(f"{name} {n}" for name, n in seen.items()))
-    if r.capture_error:
-        lines.append(f"capture damaged: {r.capture_error}; the report covers the frames before it")
-    return "\n".join(lines)
+    return lines
 
 
 class ProgressBar:

@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod py_cip;
 mod py_engine;
 mod py_replay;
 
@@ -9,5 +10,6 @@ mod py_replay;
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py_engine::register(m)?;
     py_replay::register(m)?;
+    py_cip::register(m)?;
     Ok(())
 }

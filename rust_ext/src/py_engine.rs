@@ -22,7 +22,7 @@ const INCOMPLETE: u8 = 1;
 const INVALID: u8 = 2;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of Python's `time.monotonic_ns()`.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -37,7 +37,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 /// IR indices arrive as Python ints; any int outside u32 (negative, or too large even for i64) is
 /// an unknown index, decided as such rather than raised.
 #[inline]
-fn index(i: &Bound<'_, PyAny>) -> PyResult<u32> {
+pub(crate) fn index(i: &Bound<'_, PyAny>) -> PyResult<u32> {
     match i.extract::<i64>() {
         Ok(i) => Ok(u32::try_from(i).unwrap_or(u32::MAX)),
         Err(_) if i.is_instance_of::<PyInt>() => Ok(u32::MAX),
@@ -283,9 +283,9 @@ impl PyBatchSummary {
 
 #[pyclass(module = "zonegate._engine", name = "Engine", frozen)]
 pub struct PyEngine {
-    inner: Engine,
-    rule_ids: Vec<Py<PyString>>,
-    empty: Py<PyString>,
+    pub(crate) inner: Engine,
+    pub(crate) rule_ids: Vec<Py<PyString>>,
+    pub(crate) empty: Py<PyString>,
 }
 
 impl PyEngine {
@@ -384,6 +384,34 @@ impl PyEngine {
             },
             verdicts: PyBytes::new_bound(py, &s.verdicts).unbind(),
         })
+    }
+
+    /// Decides one CIP message router request (docs/cip-engine.md section 8).
+    #[pyo3(signature = (principal, device, message, now_ns = None, route = None))]
+    fn decide_cip(
+        &self,
+        py: Python<'_>,
+        principal: &Bound<'_, PyAny>,
+        device: &Bound<'_, PyAny>,
+        message: &[u8],
+        now_ns: Option<u64>,
+        route: Option<&[u8]>,
+    ) -> PyResult<crate::py_cip::PyCipDecision> {
+        crate::py_cip::decide_cip(self, py, principal, device, message, now_ns, route)
+    }
+
+    /// Decides one EtherNet/IP encapsulation message of a client session.
+    #[pyo3(signature = (principal, device, session, frame, now_ns = None))]
+    fn decide_enip(
+        &self,
+        py: Python<'_>,
+        principal: &Bound<'_, PyAny>,
+        device: &Bound<'_, PyAny>,
+        session: &Bound<'_, crate::py_cip::PyEnipSession>,
+        frame: &[u8],
+        now_ns: Option<u64>,
+    ) -> PyResult<crate::py_cip::PyCipDecision> {
+        crate::py_cip::decide_enip(self, py, principal, device, session, frame, now_ns)
     }
 }
 

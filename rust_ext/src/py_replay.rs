@@ -1,6 +1,7 @@
 //! Binding of capture replay (`zonegate replay`) as `zonegate._engine.replay_capture`.
 //!
-//! The whole loop (file read, pcap walk, TCP reassembly, MBAP split, decisions) runs in Rust with the
+//! The whole loop (file read, pcap walk, TCP reassembly, MBAP / encapsulation split, decisions) runs in
+//! Rust with the
 //! GIL released; Python gets one report object and formats it. Only the optional progress callback
 //! takes the GIL back, every few megabytes.
 
@@ -8,10 +9,29 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use zonegate_core::capture::enip_flow::{command_label, CipCounts};
 use zonegate_core::capture::pcap::{CaptureError, Format};
-use zonegate_core::capture::replay::{compile_ir, replay_stream as core_replay, Denial, Report, Targets, UNKNOWN};
+use zonegate_core::capture::replay::{
+    compile_ir, replay_stream as core_replay, CipDenial, Denial, Report, Targets, UNKNOWN,
+};
 use zonegate_core::modbus::functions::Malformed;
-use zonegate_core::policy::{Ir, Reason};
+use zonegate_core::policy::{CipReason, Ir, Reason};
+
+const CIP_REASONS: [CipReason; 9] = [
+    CipReason::Allowed,
+    CipReason::UnknownPrincipal,
+    CipReason::Malformed,
+    CipReason::NoMatchingRule,
+    CipReason::RateExceeded,
+    CipReason::RouteNotAllowed,
+    CipReason::ServiceNotAllowed,
+    CipReason::TargetNotAllowed,
+    CipReason::CommandNotAllowed,
+];
+
+fn cip_reason_name(code: u8) -> &'static str {
+    CIP_REASONS.iter().find(|r| **r as u8 == code).map_or("unknown", |r| r.name())
+}
 
 const REASONS: [Reason; 10] = [
     Reason::Allowed,
@@ -97,6 +117,56 @@ impl PyReplayDenial {
     }
 }
 
+/// One EtherNet/IP message the policy would have refused.
+#[pyclass(module = "zonegate._engine", name = "ReplayCipDenial", frozen, get_all)]
+pub struct PyReplayCipDenial {
+    /// Capture frame that completed the message (numbered from 1, as Wireshark does).
+    frame: u64,
+    ts_ns: u64,
+    client: String,
+    client_port: u16,
+    server: String,
+    server_port: u16,
+    principal: String,
+    device: String,
+    /// Encapsulation command name (`send_rr_data`, ...), or its word in hex.
+    command: String,
+    /// Service of the denied CIP request (a leaf, inside any container), "" when none was read.
+    service: String,
+    verdict: &'static str,
+    reason: &'static str,
+    malformed: Option<&'static str>,
+    rule_id: String,
+    /// The denied request's target: tag name, `class 0x01 instance 1 attribute 7`, or "".
+    target: String,
+    /// Its route (docs/cip-engine.md section 4 syntax).
+    route: String,
+    denied_leaf: Option<u32>,
+    general_status: Option<u8>,
+    encap_status: Option<u32>,
+}
+
+#[pymethods]
+impl PyReplayCipDenial {
+    fn __repr__(&self) -> String {
+        format!(
+            "ReplayCipDenial(frame={}, client='{}:{}', server='{}:{}', command='{}', service='{}', target='{}', route='{}', verdict='{}', reason='{}', rule_id='{}')",
+            self.frame,
+            self.client,
+            self.client_port,
+            self.server,
+            self.server_port,
+            self.command,
+            self.service,
+            self.target,
+            self.route,
+            self.verdict,
+            self.reason,
+            self.rule_id
+        )
+    }
+}
+
 /// What a policy would have done to a capture.
 #[pyclass(module = "zonegate._engine", name = "ReplayReport", frozen, get_all)]
 pub struct PyReplayReport {
@@ -132,14 +202,53 @@ pub struct PyReplayReport {
     bytes_read: u64,
     /// Why the capture could not be read to its end, if it could not.
     capture_error: Option<String>,
+    /// EtherNet/IP connections.
+    cip_flows: u64,
+    /// Encapsulation messages from clients, each decided once.
+    cip_requests: u64,
+    cip_allowed: u64,
+    cip_denied: u64,
+    cip_would_deny: u64,
+    cip_malformed: u64,
+    /// Encapsulation messages from devices, and those with an error status.
+    cip_replies: u64,
+    cip_error_replies: u64,
+    /// CIP requests inside the decided messages (containers opened).
+    cip_leaves: u64,
+    /// command name -> requests / replies.
+    cip_by_command: Py<PyDict>,
+    cip_replies_by_command: Py<PyDict>,
+    /// Outer service name of each CIP message -> messages; leaf service name -> requests.
+    cip_by_service: Py<PyDict>,
+    cip_by_leaf_service: Py<PyDict>,
+    /// reason name -> messages; malformed kind -> messages.
+    cip_by_reason: Py<PyDict>,
+    cip_by_malformed: Py<PyDict>,
+    /// rule id -> messages it allowed (every rule, in policy order) / denied as the closest match.
+    cip_by_rule: Py<PyDict>,
+    cip_by_rule_denied: Py<PyDict>,
+    /// `unseen_connection_requests`, `unmatched_replies`.
+    cip_anomalies: Py<PyDict>,
+    /// The first EtherNet/IP denials, in capture order.
+    cip_denials: Vec<Py<PyReplayCipDenial>>,
 }
 
 #[pymethods]
 impl PyReplayReport {
     fn __repr__(&self) -> String {
         format!(
-            "ReplayReport(requests={}, allowed={}, denied={}, would_deny={}, malformed={}, invalid_streams={})",
-            self.requests, self.allowed, self.denied, self.would_deny, self.malformed, self.invalid_streams
+            "ReplayReport(requests={}, allowed={}, denied={}, would_deny={}, malformed={}, cip_requests={}, cip_allowed={}, cip_denied={}, cip_would_deny={}, cip_malformed={}, invalid_streams={})",
+            self.requests,
+            self.allowed,
+            self.denied,
+            self.would_deny,
+            self.malformed,
+            self.cip_requests,
+            self.cip_allowed,
+            self.cip_denied,
+            self.cip_would_deny,
+            self.cip_malformed,
+            self.invalid_streams
         )
     }
 }
@@ -173,6 +282,89 @@ fn denial(py: Python<'_>, d: &Denial, ir: &Ir) -> PyResult<Py<PyReplayDenial>> {
             rule_id: d.outcome.rule.and_then(|i| ir.rules.get(i as usize)).map_or_else(String::new, |r| r.id.clone()),
         },
     )
+}
+
+fn cip_denial(py: Python<'_>, d: &CipDenial, ir: &Ir) -> PyResult<Py<PyReplayCipDenial>> {
+    let principals: Vec<String> = ir.principals.iter().map(|p| p.name.clone()).collect();
+    let devices: Vec<String> = ir.devices.iter().map(|p| p.name.clone()).collect();
+    let c = &d.decision;
+    Py::new(
+        py,
+        PyReplayCipDenial {
+            frame: d.frame,
+            ts_ns: d.ts_ns,
+            client: d.client.to_string(),
+            client_port: d.client_port,
+            server: d.server.to_string(),
+            server_port: d.server_port,
+            principal: name_of(&principals, d.principal),
+            device: name_of(&devices, d.device),
+            command: command_label(c.command).into_owned(),
+            service: d.leaf_service.as_deref().unwrap_or("").to_owned(),
+            verdict: verdict_name(c.verdict as u8),
+            reason: c.reason.name(),
+            malformed: c.malformed,
+            rule_id: c.rule.and_then(|i| ir.rules.get(i as usize)).map_or_else(String::new, |r| r.id.clone()),
+            target: c.target.clone(),
+            route: c.route.clone(),
+            denied_leaf: c.denied_leaf,
+            general_status: c.general_status,
+            encap_status: c.encap_status,
+        },
+    )
+}
+
+fn counts_dict<'py, K: ToString>(
+    py: Python<'py>,
+    items: impl IntoIterator<Item = (K, u64)>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new_bound(py);
+    for (k, n) in items {
+        d.set_item(k.to_string(), n)?;
+    }
+    Ok(d)
+}
+
+/// The EtherNet/IP fields of the report, in the order `PyReplayReport` declares them.
+struct CipFields {
+    by_command: Py<PyDict>,
+    replies_by_command: Py<PyDict>,
+    by_service: Py<PyDict>,
+    by_leaf_service: Py<PyDict>,
+    by_reason: Py<PyDict>,
+    by_malformed: Py<PyDict>,
+    by_rule: Py<PyDict>,
+    by_rule_denied: Py<PyDict>,
+    anomalies: Py<PyDict>,
+}
+
+fn cip_fields(py: Python<'_>, c: &CipCounts, ir: &Ir) -> PyResult<CipFields> {
+    let by_rule = PyDict::new_bound(py);
+    let by_rule_denied = PyDict::new_bound(py);
+    for ((rule, allowed), denied) in ir.rules.iter().zip(&c.by_rule).zip(&c.by_rule_denied) {
+        by_rule.set_item(&rule.id, allowed)?;
+        if *denied > 0 {
+            by_rule_denied.set_item(&rule.id, denied)?;
+        }
+    }
+    let pairs = |m: &std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>| {
+        m.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>()
+    };
+    Ok(CipFields {
+        by_command: counts_dict(py, pairs(&c.by_command))?.unbind(),
+        replies_by_command: counts_dict(py, pairs(&c.replies_by_command))?.unbind(),
+        by_service: counts_dict(py, pairs(&c.by_service))?.unbind(),
+        by_leaf_service: counts_dict(py, pairs(&c.by_leaf_service))?.unbind(),
+        by_reason: counts_dict(py, c.by_reason.iter().map(|(k, v)| (cip_reason_name(*k), *v)))?.unbind(),
+        by_malformed: counts_dict(py, c.by_malformed.iter().map(|(k, v)| (*k, *v)))?.unbind(),
+        by_rule: by_rule.unbind(),
+        by_rule_denied: by_rule_denied.unbind(),
+        anomalies: counts_dict(
+            py,
+            [("unseen_connection_requests", c.unseen_connection_requests), ("unmatched_replies", c.unmatched_replies)],
+        )?
+        .unbind(),
+    })
 }
 
 fn to_python(py: Python<'_>, r: &Report, ir: &Ir, format: &'static str) -> PyResult<PyReplayReport> {
@@ -239,6 +431,9 @@ fn to_python(py: Python<'_>, r: &Report, ir: &Ir, format: &'static str) -> PyRes
         })
         .collect();
     let denials = r.denials.iter().map(|d| denial(py, d, ir)).collect::<PyResult<Vec<_>>>()?;
+    let cip_denials = r.cip_denials.iter().map(|d| cip_denial(py, d, ir)).collect::<PyResult<Vec<_>>>()?;
+    let cf = cip_fields(py, &r.cip, ir)?;
+    let c = &r.cip;
     Ok(PyReplayReport {
         format,
         frames: r.frames,
@@ -262,6 +457,25 @@ fn to_python(py: Python<'_>, r: &Report, ir: &Ir, format: &'static str) -> PyRes
         anomalies: anomalies.unbind(),
         bytes_read: r.bytes_read,
         capture_error: r.capture_error.as_ref().map(|e| e.to_string()),
+        cip_flows: c.flows,
+        cip_requests: c.requests,
+        cip_allowed: c.allowed,
+        cip_denied: c.denied,
+        cip_would_deny: c.would_deny,
+        cip_malformed: c.malformed,
+        cip_replies: c.replies,
+        cip_error_replies: c.error_replies,
+        cip_leaves: c.leaves,
+        cip_by_command: cf.by_command,
+        cip_replies_by_command: cf.replies_by_command,
+        cip_by_service: cf.by_service,
+        cip_by_leaf_service: cf.by_leaf_service,
+        cip_by_reason: cf.by_reason,
+        cip_by_malformed: cf.by_malformed,
+        cip_by_rule: cf.by_rule,
+        cip_by_rule_denied: cf.by_rule_denied,
+        cip_anomalies: cf.anomalies,
+        cip_denials,
     })
 }
 
@@ -338,6 +552,7 @@ enum Failure {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReplayReport>()?;
     m.add_class::<PyReplayDenial>()?;
+    m.add_class::<PyReplayCipDenial>()?;
     m.add_function(wrap_pyfunction!(replay_capture, m)?)?;
     Ok(())
 }

@@ -152,9 +152,9 @@ def test_ethernet_ip_captures_hold_no_modbus(capsys: pytest.CaptureFixture[str],
     path = shared(name)
     assert main(["replay", "--policy", str(DEMO_POLICY), "--pcap", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["requests"], report["flows"], report["invalid_streams"]) == (0, 0, 0)
+    assert (report["requests"], report["invalid_streams"]) == (0, 0)
     assert report["capture"]["frames"] > 0
-    assert report["anomalies"]["other_tcp_segments"] == report["tcp_segments"], "all TCP here is EtherNet/IP"
+    assert report["flows"] == report["cip"]["flows"] > 0, "every flow here is EtherNet/IP (test_replay_enip.py)"
 
 
 

@@ -30,6 +30,11 @@ def test_bench_engine_runs_and_reports_its_keys() -> None:
     assert result["frames"] == result["capture_frames"] + result["synthetic_frames"]
     assert sum(result["verdicts"].values()) == result["frames"]
     assert result["verdicts"]["allow"] > 0 and result["verdicts"]["deny"] > 0
+    # CIP in the same run: messages from the capture and Multiple Service Packets, all agreeing
+    for key in ("cip_per_frame_per_s", "cip_reference_per_s", "cip_per_frame_vs_reference"):
+        assert isinstance(result[key], float) and result[key] >= 0, key
+    assert result["cip_capture_messages"] > 0 and result["cip_multiple_service_packets"] > 0
+    assert sum(result["cip_verdicts"].values()) == result["cip_messages"]
 
 
 def test_bench_engine_refuses_nonsense_arguments() -> None:

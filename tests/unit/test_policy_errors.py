@@ -276,8 +276,8 @@ LISTENER_CASES: dict[str, tuple[str, list[str]]] = {
         ["x.yaml:20:5: listeners[0].bind: 'localhost' is not an IP address"],
     ),
     "unknown protocol": (
-        LISTENERS.replace("protocol: modbus_tls", "protocol: enip"),
-        ["x.yaml:19:5: listeners[0].protocol: expected 'modbus' or 'modbus_tls', not 'enip'"],
+        LISTENERS.replace("protocol: modbus_tls", "protocol: s7comm"),
+        ["x.yaml:19:5: listeners[0].protocol: expected 'modbus', 'modbus_tls', 'enip' or 'enip_tls', not 's7comm'"],
     ),
     "bind clash with metrics": (
         LISTENERS + "metrics: {bind: 127.0.0.1:8802}\n",

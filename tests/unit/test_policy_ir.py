@@ -80,8 +80,8 @@ EXPECTED = {
          "sources": ["192.168.10.50/32", "192.168.10.64/26"]},
     ],
     "devices": [
-        {"name": "press-plc", "zone": "cell-a", "host": "192.168.10.11", "port": 502, "units": [[1, 4]]},
-        {"name": "gateway", "zone": "cell-a", "host": "plc-gw.cell-a.example", "port": 1502, "units": None},
+        {"name": "press-plc", "zone": "cell-a", "host": "192.168.10.11", "port": 502, "units": [[1, 4]], "enip": None},
+        {"name": "gateway", "zone": "cell-a", "host": "plc-gw.cell-a.example", "port": 1502, "units": None, "enip": None},
     ],
     "rules": [
         {
@@ -97,6 +97,7 @@ EXPECTED = {
                     "rate": {"count": 5, "period_ns": 1_000_000_000, "burst": 5},
                 }
             ],
+            "cip": [],
         },
         {
             "id": "hmi-everything",
@@ -122,6 +123,7 @@ EXPECTED = {
                     "rate": {"count": 30, "period_ns": 60_000_000_000, "burst": 2},
                 },
             ],
+            "cip": [],
         },
     ],
 }
@@ -156,8 +158,8 @@ def test_demo_ir(tmp_path: Path) -> None:
     assert ir["principals"][0]["opcua_users"] == ["operator"]
     assert ir["principals"][5] == {"name": "opcua-poller", "tls_roles": [], "subjects": [], "opcua_users": [], "sources": []}
     assert ir["devices"] == [
-        {"name": "tank-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 5020, "units": [[1, 1]]},
-        {"name": "l3-historian", "zone": "level3", "host": "127.0.0.1", "port": 8803, "units": [[1, 1]]},
+        {"name": "tank-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 5020, "units": [[1, 1]], "enip": None},
+        {"name": "l3-historian", "zone": "level3", "host": "127.0.0.1", "port": 8803, "units": [[1, 1]], "enip": None},
     ]
     rules = {rule["id"]: rule for rule in ir["rules"]}
     assert list(rules) == ["operator-read", "operator-setpoints", "engineer-maintenance", "viewer-read", "opcua-poll",

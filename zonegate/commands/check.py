@@ -40,6 +40,9 @@ def summary(name: str, policy: Policy) -> str:
         f"{entries} allow entr{'y' if entries == 1 else 'ies'}",
         count(len(policy.listeners), "listener"),
     ]
+    cip_entries = sum(len(rule.cip) for rule in policy.rules)
+    if cip_entries:
+        parts.insert(5, f"{cip_entries} cip entr{'y' if cip_entries == 1 else 'ies'}")
     warned = f", {count(len(policy.warnings), 'warning')}" if policy.warnings else ""
     return f"{name}: ok, mode {policy.mode}: {', '.join(parts)}{warned}; sha256 {policy.source_hash[:16]}"
 

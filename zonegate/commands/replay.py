@@ -1,4 +1,5 @@
-"""`zonegate replay --policy POLICY --pcap FILE`: what a policy would have done to a recorded capture.
+"""`zonegate replay --policy POLICY --pcap FILE`: what a policy would have done to a recorded capture
+(every Modbus/TCP and EtherNet/IP request in it).
 
 Exit 0 after the report; 1 with `--fail-on-deny` when any request would be denied (so a policy change
 can be checked against captures in CI); 2 when the policy is invalid, the capture cannot be read, or
@@ -20,7 +21,7 @@ EXIT_ERROR = 2
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "replay", help="decide every request of a pcap/pcapng capture with a policy", description=__doc__
+        "replay", help="decide every Modbus/TCP and EtherNet/IP request of a pcap/pcapng capture with a policy", description=__doc__
     )
     parser.add_argument(
         "--policy", required=True, type=Path, action="append", metavar="POLICY",

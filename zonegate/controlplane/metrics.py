@@ -73,7 +73,7 @@ class _RequestMetrics(Collector):
     """zonegate_requests_total and the latency histograms, exported at scrape time."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str, int, int, int], int] = {}
+        self.requests: dict[tuple[str, str, str, int | str, int, int | str], int] = {}
         # Decisions counted with verdict and reason by name: the OPC UA converter's writes, whose refusals
         # before the engine (tag limits, wrong type) have reasons of their own.
         self.named: dict[tuple[str, str, str, int, str, str], int] = {}
@@ -89,8 +89,9 @@ class _RequestMetrics(Collector):
             labels=["conduit", "principal", "device", "function", "verdict", "reason"],
         )
         for (conduit, principal, device, fc, verdict, reason), count in sorted(dict(self.requests).items()):
-            family.add_metric(
-                [conduit, principal, device, function_name(fc), VERDICTS[verdict], REASONS[reason]], count
+            family.add_metric(  # the EtherNet/IP conduit counts by service and reason name
+                [conduit, principal, device, fc if isinstance(fc, str) else function_name(fc), VERDICTS[verdict],
+                 reason if isinstance(reason, str) else REASONS[reason]], count
             )
         for (conduit, principal, device, fc, verdict_name, reason_name), count in sorted(dict(self.named).items()):
             family.add_metric([conduit, principal, device, function_name(fc), verdict_name, reason_name], count)
@@ -218,7 +219,8 @@ class Metrics(PoolObserver):
 
     # -- per request ----------------------------------------------------------------------------------
 
-    def count_request(self, conduit: str, principal: str, device: str, fc: int, verdict: int, reason: int) -> None:
+    def count_request(self, conduit: str, principal: str, device: str, fc: int | str, verdict: int,
+                      reason: int | str) -> None:
         requests = self.per_request.requests
         key = (conduit, principal, device, fc, verdict, reason)
         requests[key] = requests.get(key, 0) + 1

@@ -29,6 +29,7 @@ from zonegate.controlplane.audit import AuditLog
 from zonegate.controlplane.metrics import Metrics
 from zonegate.dataplane.conduit import Conduit
 from zonegate.dataplane.config import RuntimeSettings, from_policy
+from zonegate.dataplane.enip_conduit import EnipConduit, start_enip
 
 log = logging.getLogger("zonegate")
 
@@ -70,6 +71,7 @@ class Supervisor:
         self.audit: AuditLog | None = None
         self.conduit: Conduit | None = None
         self.converter: Any = None  # the OPC UA converter, when the policy has an opcua section
+        self.enip: EnipConduit | None = None
         self.metrics_port: int | None = None
         self.stopping = asyncio.Event()
 
@@ -87,7 +89,8 @@ class Supervisor:
         )
         self.conduit = Conduit(settings, self.metrics, self.audit)
         await self.conduit.start()
-        for listener in self.conduit.listeners:
+        self.enip = await start_enip(self.conduit, settings)
+        for listener in [*self.conduit.listeners, *(self.enip.listeners if self.enip else ())]:
             log.info("listening: %s (%s) on %s:%d", listener.settings.name, listener.settings.protocol,
                      listener.settings.host, listener.port)
         if getattr(policy, "opcua", None) is not None:
@@ -130,7 +133,10 @@ class Supervisor:
                 ruleset = checked_ruleset(policy)
                 applied = apply(ruleset)
             try:
+                prepared = self.enip.prepare(settings) if self.enip is not None else None
                 self.conduit.reload(settings)
+                if self.enip is not None and prepared is not None:
+                    self.enip.commit(prepared)
                 if self.converter is not None:
                     self.converter.use_policy(self.conduit.generation.policy)
             except Exception:
@@ -171,6 +177,9 @@ class Supervisor:
             except Exception:
                 log.exception("opcua: error while stopping")
             self.converter = None
+        if self.enip is not None:
+            await self.enip.drain(DRAIN_TIMEOUT)
+            self.enip = None
         if self.conduit is not None:
             log.info("draining")
             await self.conduit.drain(DRAIN_TIMEOUT)

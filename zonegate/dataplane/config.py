@@ -13,6 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from zonegate.dataplane.enip_config import ENIP_PROTOCOLS, EnipSettings, enip_settings
+
 DEFAULT_MODBUS_PORT: Final = 502
 DEFAULT_METRICS_BIND: Final = ("127.0.0.1", 9802)
 
@@ -50,7 +52,7 @@ class ListenerSettings:
     """One listener: `modbus_tls` (north, principals from certificates) or `modbus` (zone, by address)."""
 
     name: str
-    protocol: Literal["modbus_tls", "modbus"]
+    protocol: Literal["modbus_tls", "modbus", "enip_tls", "enip"]
     host: str
     port: int
     devices: tuple[str, ...]
@@ -74,6 +76,8 @@ class RuntimeSettings:
     audit_path: str = "-"
     audit_max_per_second: int = 100
     principal_names: tuple[str, ...] = field(default=())
+    enip_listeners: tuple[ListenerSettings, ...] = ()  # served by zonegate.dataplane.enip_conduit
+    enip: EnipSettings = field(default_factory=EnipSettings.empty)
 
     def listener(self, name: str) -> ListenerSettings:
         for listener in self.listeners:
@@ -122,7 +126,7 @@ def from_policy(policy: Any) -> RuntimeSettings:
             timeout=float(modbus.timeout),
             tls=_tls_files(getattr(modbus, "tls", None)),
         )
-    listeners = tuple(
+    every = tuple(
         ListenerSettings(
             name=str(listener.name),
             protocol=listener.protocol,
@@ -136,8 +140,8 @@ def from_policy(policy: Any) -> RuntimeSettings:
             transparent=bool(getattr(listener, "transparent", False)),
         )
         for listener in policy.listeners
-        if listener.protocol in ("modbus_tls", "modbus")
     )
+    listeners = tuple(x for x in every if x.protocol in ("modbus_tls", "modbus"))
     metrics = getattr(policy, "metrics", None)
     audit = getattr(policy, "audit", None)
     return RuntimeSettings(
@@ -152,4 +156,6 @@ def from_policy(policy: Any) -> RuntimeSettings:
         audit_path=str(audit.path) if audit is not None else "-",
         audit_max_per_second=int(audit.max_per_second) if audit is not None else 100,
         principal_names=tuple(p["name"] for p in ir["principals"]),
+        enip_listeners=tuple(x for x in every if x.protocol in ENIP_PROTOCOLS),
+        enip=enip_settings(policy),
     )

@@ -46,6 +46,25 @@ fn unconnected_reply_must_echo_session_context_and_service() {
 }
 
 #[test]
+fn an_unconnected_send_is_answered_by_the_request_inside_or_by_a_router() {
+    let table = ConnectionTable::new();
+    let req = send_rr(&unconnected_send(&STOP, &[0x01, 0x02]));
+    let reply = |cip: &[u8]| rr_reply(0x0102_0304, b"zonegate", cip);
+    assert_eq!(reply_matches(&req, &reply(&STOP_OK), &table), Ok(()), "the target's reply to Stop");
+    let undeliverable = [0xD2, 0x00, 0x01, 0x01, 0x04, 0x03]; // connection failure, 0x0304: no path
+    assert_eq!(reply_matches(&req, &reply(&undeliverable), &table), Ok(()), "a router's refusal");
+    assert_eq!(reply_matches(&req, &reply(&[0x85, 0, 0, 0]), &table), Err(Mismatch::Service));
+    // Nested: the innermost request answers.
+    let nested = send_rr(&unconnected_send(&unconnected_send(&STOP, &[0x01, 0x02]), &[0x01, 0x00]));
+    assert_eq!(reply_matches(&nested, &reply(&STOP_OK), &table), Ok(()));
+    assert_eq!(reply_matches(&nested, &reply(&undeliverable), &table), Ok(()));
+    // A Multiple Service Packet inside answers as one.
+    let packet = send_rr(&unconnected_send(&msp(&[&STOP]), &[0x01, 0x00]));
+    assert_eq!(reply_matches(&packet, &reply(&[0x8A, 0, 0, 0, 1, 0, 4, 0, 0x87, 0, 0, 0]), &table), Ok(()));
+    assert_eq!(reply_matches(&packet, &reply(&STOP_OK), &table), Err(Mismatch::Service));
+}
+
+#[test]
 fn register_session_reply_brings_the_session() {
     let table = ConnectionTable::new();
     let req = encap(0x65, 0, b"ctx-0001", &[1, 0, 0, 0]);

@@ -62,7 +62,7 @@ def spec_from_policy(policy: Any) -> FirewallSpec:
 
     source_zones = _zones_of_sources(policy, zones)
     listeners: list[Listener] = []
-    upstreams: dict[str, Upstream] = {}
+    upstreams: dict[tuple[str, str], Upstream] = {}
     for lst in _get(policy, "listeners") or ():
         name = str(_get(lst, "name"))
         protocol = str(_get(lst, "protocol", "modbus"))
@@ -75,11 +75,12 @@ def spec_from_policy(policy: Any) -> FirewallSpec:
             sources = tuple(n for z in zones if z.name not in near for n in z.subnets)
         else:
             sources = tuple(n for z in source_zones for n in z.subnets)
+        section = "enip" if protocol.startswith("enip") else "modbus"
         for dev in listed:
-            if dev not in upstreams and dev in devices:
-                upstreams[dev] = _upstream(dev, devices[dev])
+            if (dev, section) not in upstreams and dev in devices:
+                upstreams[(dev, section)] = _upstream(dev, devices[dev], section, upstreams)
         transparent = bool(_get(lst, "transparent", False))
-        divert = tuple(upstreams[d] for d in listed if d in upstreams) if transparent else ()
+        divert = tuple(upstreams[(d, section)] for d in listed if (d, section) in upstreams) if transparent else ()
         listeners.append(Listener(name, _port(lst, 0), sources, protocol, transparent, divert))
 
     metrics = _get(policy, "metrics")
@@ -117,14 +118,16 @@ def _port(section: Any, default: int) -> int:
     return int(port)
 
 
-def _upstream(name: str, device: Any) -> Upstream:
-    modbus = _get(device, "modbus")
-    host = str(_get(modbus, "host"))
+def _upstream(name: str, device: Any, section: str, known: dict[tuple[str, str], Upstream]) -> Upstream:
+    """The device as its listener's protocol reaches it; a device reached both ways has two upstreams."""
+    reach = _get(device, section)
+    host = str(_get(reach, "host"))
     try:
         address = ipaddress.ip_address(host)
     except ValueError as exc:
         raise FirewallSpecError(f"device {name}: host {host!r} must be an IP address for the ruleset") from exc
-    return Upstream(name, ipaddress.ip_network(address), int(_get(modbus, "port", 502)))
+    label = f"{name}-{section}" if any(n == name for n, _ in known) else name
+    return Upstream(label, ipaddress.ip_network(address), int(_get(reach, "port", 44818 if section == "enip" else 502)))
 
 
 def _zones_of_sources(policy: Any, zones: tuple[Zone, ...]) -> tuple[Zone, ...]:

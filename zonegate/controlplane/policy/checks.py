@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import get_close_matches
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from .model import (
     Opcua,
     Policy,
     Principal,
+    Rule,
     normalise_subject,
 )
 from .positions import SourceMap
@@ -113,11 +114,12 @@ class Sections:
     listeners: list[tuple[int, Listener]]
     metrics: Metrics | None
     opcua: Opcua | None = None
+    rules: list[tuple[int, Rule]] = field(default_factory=list)
 
     @classmethod
     def of(cls, policy: Policy) -> Sections:
         return cls(dict(policy.devices), dict(policy.principals), list(enumerate(policy.listeners)), policy.metrics,
-                   policy.opcua)
+                   policy.opcua, list(enumerate(policy.rules)))
 
     @classmethod
     def salvage(cls, document: dict[object, object], context: dict[str, Any]) -> Sections:
@@ -134,7 +136,8 @@ class Sections:
         listeners = [(n, item) for n, raw in _items(document, "listeners") if (item := valid(Listener, raw))]
         metrics = valid(Metrics, document.get("metrics") or {})
         opcua = valid(Opcua, document["opcua"]) if "opcua" in document else None
-        return cls(devices, principals, listeners, metrics, opcua)
+        rules = [(n, rule) for n, raw in _items(document, "rules") if (rule := valid(Rule, raw))]
+        return cls(devices, principals, listeners, metrics, opcua, rules)
 
 
 def model_issues(sections: Sections, smap: SourceMap) -> list[Issue]:
@@ -145,6 +148,19 @@ def model_issues(sections: Sections, smap: SourceMap) -> list[Issue]:
         for j, name in enumerate(listener.devices):
             device = sections.devices.get(name)
             if device is None:
+                continue
+            if listener.speaks == "enip":
+                if device.enip is None:
+                    issues.append(smap.issue(
+                        ("listeners", n, "devices", j),
+                        f"device {name!r} has no enip section: an {listener.protocol} listener relays EtherNet/IP",
+                    ))
+                continue
+            if device.modbus is None:
+                issues.append(smap.issue(
+                    ("listeners", n, "devices", j),
+                    f"device {name!r} has no modbus section: a {listener.protocol} listener relays Modbus/TCP",
+                ))
                 continue
             units = device.modbus.units
             for other, other_units in claimed:
@@ -171,6 +187,7 @@ def model_issues(sections: Sections, smap: SourceMap) -> list[Issue]:
             if owner is not None and owner != name:
                 issues.append(smap.issue(("principals", name, kind), f"{kind} {text!r} already identifies principal {owner!r}"))
             seen[(kind, identity)] = name
+    issues += _protocol_issues(sections, smap)
     binds: dict[tuple[str, int], FieldPath] = {}
     if sections.metrics is not None:
         binds[(sections.metrics.bind.host, sections.metrics.bind.port)] = ("metrics", "bind")
@@ -186,6 +203,25 @@ def model_issues(sections: Sections, smap: SourceMap) -> list[Issue]:
             issues.append(smap.issue(("listeners", n, "bind"), f"{listener.bind} is already bound by {format_path(binds[key])}"))
         else:
             binds[key] = ("listeners", n, "bind")
+    return issues
+
+
+def _protocol_issues(sections: Sections, smap: SourceMap) -> list[Issue]:
+    """A rule's Modbus entries need a device with a modbus section, its CIP entries one with enip (a rule
+    for several devices may mix them: each protocol's entries apply to the devices that speak it)."""
+    issues: list[Issue] = []
+    for n, rule in sections.rules:
+        known = [sections.devices[name] for name in rule.devices if name in sections.devices]
+        if len(known) != len(rule.devices):
+            continue  # an unknown device is an error of its own
+        for key, entries, section in (("allow", rule.allow, "modbus"), ("cip", rule.cip, "enip")):
+            if entries and not any(getattr(device, section) is not None for device in known):
+                names = ", ".join(repr(name) for name in rule.devices)
+                article = "an" if section == "enip" else "a"
+                issues.append(smap.issue(
+                    ("rules", n, key),
+                    f"no device of the rule has {article} {section} section ({names}): these entries reach nothing",
+                ))
     return issues
 
 
@@ -211,12 +247,13 @@ def warnings(policy: Policy, smap: SourceMap) -> list[Issue]:
     """Rules that load but cannot do what they seem to say."""
     out: list[Issue] = []
     for name, declared in policy.devices.items():
-        if not _is_address(declared.modbus.host):
-            out.append(smap.issue(
-                ("devices", name, "modbus", "host"),
-                f"the nftables table needs an address: {declared.modbus.host!r} is not an IP address",
-                severity="warning",
-            ))
+        for key, section in (("modbus", declared.modbus), ("enip", declared.enip)):
+            if section is not None and not _is_address(section.host):
+                out.append(smap.issue(
+                    ("devices", name, key, "host"),
+                    f"the nftables table needs an address: {section.host!r} is not an IP address",
+                    severity="warning",
+                ))
     for n, rule in enumerate(policy.rules):
         for e, entry in enumerate(rule.allow):
             path: FieldPath = ("rules", n, "allow", e)
@@ -239,7 +276,7 @@ def warnings(policy: Policy, smap: SourceMap) -> list[Issue]:
         if rule.units is not None:
             for name in rule.devices:
                 device = policy.devices.get(name)
-                if device is None or device.modbus.units is None:
+                if device is None or device.modbus is None or device.modbus.units is None:
                     continue
                 if not _overlap(rule.units, device.modbus.units):
                     out.append(smap.issue(

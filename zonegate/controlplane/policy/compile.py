@@ -1,4 +1,5 @@
-"""Policy loading, last stage: the typed policy -> the compiled-policy IR of docs/engine.md section 3.
+"""Policy loading, last stage: the typed policy -> the compiled-policy IR of docs/engine.md section 3
+(and, for CIP, docs/cip-engine.md section 2).
 
 The IR carries no optional semantics: every default is resolved here, principals and devices are
 referred to by index, ranges are sorted, and function keys are explicit `(fc, sub)` pairs. The Rust
@@ -10,9 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .addresses import TABLES, AddressRange, ir_address
+from .cip import TagPattern
 
 if TYPE_CHECKING:
-    from .model import AllowEntry, Policy
+    from .model import AllowEntry, CipEntry, Device, Policy
 
 IR_VERSION = 1
 
@@ -41,6 +43,48 @@ def _entry(entry: AllowEntry) -> dict[str, Any]:
     }
 
 
+def _ranges(spans: tuple[tuple[int, int], ...] | None) -> list[list[int]] | None:
+    return None if spans is None else [[lo, hi] for lo, hi in spans]
+
+
+def _pattern(pattern: TagPattern) -> dict[str, Any]:
+    return {"parts": [
+        {"name": part.name, "elements": None if part.elements is None else [[lo, hi] for lo, hi in part.elements]}
+        for part in pattern.parts
+    ]}
+
+
+def _cip_entry(entry: CipEntry) -> dict[str, Any]:
+    rate = None
+    if entry.rate is not None:
+        rate = {"count": entry.rate.count, "period_ns": entry.rate.period_ns, "burst": entry.effective_burst}
+    return {
+        "services": sorted(entry.services.names),
+        "service_codes": sorted(entry.services.codes),
+        "tags": None if entry.tags is None else [_pattern(p) for p in entry.tags],
+        "classes": _ranges(entry.class_),
+        "instances": _ranges(entry.instance),
+        "attributes": _ranges(entry.attribute),
+        "routes": None if entry.routes is None else [[[port, list(link)] for port, link in r] for r in entry.routes],
+        "rate": rate,
+    }
+
+
+def _device(name: str, d: Device) -> dict[str, Any]:
+    # host and port are the Modbus section's; a device reached only over EtherNet/IP gives its enip
+    # address there (the engine reads neither) and no units.
+    first = d.modbus or d.enip
+    assert first is not None
+    return {
+        "name": name,
+        "zone": d.zone,
+        "host": first.host,
+        "port": first.port,
+        "units": _units(d.modbus.units) if d.modbus is not None else None,
+        "enip": None if d.enip is None else {"host": d.enip.host, "port": d.enip.port},
+    }
+
+
 def compile_ir(policy: Policy) -> dict[str, Any]:
     principal_index = {name: n for n, name in enumerate(policy.principals)}
     device_index = {name: n for n, name in enumerate(policy.devices)}
@@ -57,16 +101,7 @@ def compile_ir(policy: Policy) -> dict[str, Any]:
             }
             for name, p in policy.principals.items()
         ],
-        "devices": [
-            {
-                "name": name,
-                "zone": d.zone,
-                "host": d.modbus.host,
-                "port": d.modbus.port,
-                "units": _units(d.modbus.units),
-            }
-            for name, d in policy.devices.items()
-        ],
+        "devices": [_device(name, d) for name, d in policy.devices.items()],
         "rules": [
             {
                 "id": rule.id,
@@ -74,6 +109,7 @@ def compile_ir(policy: Policy) -> dict[str, Any]:
                 "devices": [device_index[d] for d in rule.devices],
                 "units": _units(rule.units),
                 "allow": [_entry(entry) for entry in rule.allow],
+                "cip": [_cip_entry(entry) for entry in rule.cip],
             }
             for rule in policy.rules
         ],

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from . import cip
 from . import functions as fn
 from . import tags as tg
 from .addresses import TABLES, AddressRange, parse_table
@@ -411,6 +412,19 @@ class ModbusDevice(Section):
     """Connect with Modbus/TCP Security using this client certificate (a level-3 server)."""
 
 
+class EnipDevice(Section):
+    """How zonegate reaches a device over EtherNet/IP (CIP explicit messaging)."""
+
+    host: Host
+    """The device's IP address or DNS name."""
+    port: Port = 44818
+    """The device's EtherNet/IP port."""
+    max_connections: Bounded(1, 64) = 1  # type: ignore[valid-type]
+    """TCP connections zonegate may open to the device (controllers have few)."""
+    timeout: Duration = 2.0
+    """How long to wait for the device's reply."""
+
+
 class Device(Section):
     """A device zonegate relays to: a PLC in a zone, or a level-3 server for the outbound direction."""
 
@@ -418,8 +432,23 @@ class Device(Section):
     """The zone the device sits in."""
     description: Text | None = None
     """Free text for people reading the policy."""
-    modbus: ModbusDevice
+    modbus: ModbusDevice | None = None
     """How zonegate reaches the device over Modbus/TCP."""
+    enip: EnipDevice | None = None
+    """How zonegate reaches the device over EtherNet/IP."""
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Device:
+        if self.modbus is None and self.enip is None:
+            raise _fail(FieldError("a device needs modbus, enip or both: how zonegate reaches it"))
+        return self
+
+    @property
+    def host(self) -> str:
+        """The device's address: its Modbus host, else its EtherNet/IP host."""
+        section = self.modbus or self.enip
+        assert section is not None
+        return section.host
 
 
 class Principal(Section):
@@ -507,6 +536,96 @@ class AllowEntry(Section):
         return self.burst if self.burst is not None else self.rate.count
 
 
+def _cip_services(value: object) -> cip.ServiceSet:
+    return cip.parse_services(value)
+
+
+_SCHEMA_CIP_SERVICE = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": 127},
+        {"type": "string", "enum": cip.all_service_spellings()},
+        {"type": "string", "pattern": r"^\s*(0[xX][0-9A-Fa-f]+|\d+)\s*$"},
+    ],
+}
+_SCHEMA_LOGICAL_ONE = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": cip.U32_MAX},
+        {"type": "string", "pattern": r"^\s*(0[xX][0-9A-Fa-f]+|\d+)\s*(-\s*(0[xX][0-9A-Fa-f]+|\d+)\s*)?$"},
+    ],
+}
+_SCHEMA_LOGICAL = {
+    "anyOf": [*_SCHEMA_LOGICAL_ONE["anyOf"], {"type": "array", "items": _SCHEMA_LOGICAL_ONE, "minItems": 1}],
+    "description": "one value (1, 0x6B), a range (\"1-7\"), or a list of both",
+}
+_SCHEMA_TAG_PATTERN = {"type": "string", "pattern": r"^[A-Za-z0-9_:*\[\].,\s]+$"}
+_SCHEMA_ROUTE = {"type": "string", "description": "PORT,LINK hops joined by '/', e.g. \"1,0\"; \"\" is the device itself"}
+
+CipServices = Annotated[cip.ServiceSet, *parsed(_cip_services, {
+    "anyOf": [_SCHEMA_CIP_SERVICE, {"type": "array", "items": _SCHEMA_CIP_SERVICE, "minItems": 1}],
+})]
+
+
+def _logical(what: str) -> Any:
+    return Annotated[tuple[tuple[int, int], ...], *parsed(lambda v: cip.parse_logical(v, what), _SCHEMA_LOGICAL)]
+
+
+TagPatterns = Annotated[tuple[cip.TagPattern, ...], *parsed(cip.parse_tag_patterns, {
+    "anyOf": [_SCHEMA_TAG_PATTERN, {"type": "array", "items": _SCHEMA_TAG_PATTERN, "minItems": 1}],
+    "description": "tag-name patterns: Line1.*, Press_SP[0..9], Program:Main.Speed",
+})]
+Routes = Annotated[tuple[cip.Route, ...], *parsed(cip.parse_routes, {
+    "anyOf": [_SCHEMA_ROUTE, {"type": "array", "items": _SCHEMA_ROUTE, "minItems": 1}],
+})]
+
+
+class CipEntry(Section):
+    """What one cip entry permits: services, on tags or logical addresses, by which routes, how often."""
+
+    services: CipServices
+    """Service names, presets (read_only, read_write, programming) or codes 0x00-0x7f."""
+    tags: TagPatterns | None = None
+    """Tag-name patterns the services may reach (not with class/instance/attribute)."""
+    class_: _logical("class") | None = Field(default=None, validation_alias=AliasChoices("class"))  # type: ignore[valid-type]
+    """Object classes the services may reach: 0x01, \"0x01-0x07\", or a list."""
+    instance: _logical("instance") | None = None  # type: ignore[valid-type]
+    """Instances the services may reach (a request without an instance does not match)."""
+    attribute: _logical("attribute") | None = None  # type: ignore[valid-type]
+    """Attributes the services may reach (a request without an attribute does not match)."""
+    routes: Routes | None = None
+    """Routes a request may take beyond the device (\"1,0\": backplane slot 0); default: any."""
+    rate: Rate | None = None
+    """Requests allowed per second, minute or hour (5/s, 30/min, 100/h), per principal."""
+    burst: Bounded(1, 1_000_000) | None = None  # type: ignore[valid-type]
+    """Requests allowed at once; default: the rate's count."""
+
+    @model_validator(mode="after")
+    def _entry_is_complete(self) -> CipEntry:
+        logical = self.class_ is not None or self.instance is not None or self.attribute is not None
+        if self.tags is not None and logical:
+            key = "class" if self.class_ is not None else "instance" if self.instance is not None else "attribute"
+            raise _fail(FieldError(
+                "an entry names tags or a class/instance/attribute, not both: split it in two", (key,),
+            ))
+        if self.tags is None and not logical:
+            targeted = sorted(self.services.names - cip.NO_TARGET_SERVICES)
+            codes = sorted(self.services.codes)
+            if targeted or codes:
+                named = targeted + [f"{c:#04x}" for c in codes]
+                raise _fail(FieldError(
+                    f"name the tags or the class the entry allows: {', '.join(named)} "
+                    f"{'reaches' if len(named) == 1 else 'reach'} a target", ("services",),
+                ))
+        if self.burst is not None and self.rate is None:
+            raise _fail(FieldError("burst needs a rate", ("burst",)))
+        return self
+
+    @property
+    def effective_burst(self) -> int | None:
+        if self.rate is None:
+            return None
+        return self.burst if self.burst is not None else self.rate.count
+
+
 class Rule(Section):
     """An allow rule: which principals may do what on which devices. Everything else is denied."""
 
@@ -519,8 +638,16 @@ class Rule(Section):
     devices: Names = Field(validation_alias=AliasChoices("device", "devices"))
     """The device(s) this rule is for."""
     units: Units | None = Field(default=None, description="Unit ids; omitted = the units of the device.")
-    allow: Annotated[list[AllowEntry], Field(min_length=1)]
-    """What is allowed, tried in order; the first entry that admits a request decides."""
+    allow: Annotated[list[AllowEntry], Field(min_length=1)] = []
+    """Modbus: what is allowed, tried in order; the first entry that admits a request decides."""
+    cip: Annotated[list[CipEntry], Field(min_length=1)] = []
+    """EtherNet/IP: what is allowed, tried in order; the first entry that admits a request decides."""
+
+    @model_validator(mode="after")
+    def _allows_something(self) -> Rule:
+        if not self.allow and not self.cip:
+            raise _fail(FieldError("a rule needs allow (Modbus) or cip (EtherNet/IP) entries, or both"))
+        return self
 
 
 class Listener(Section):
@@ -528,14 +655,15 @@ class Listener(Section):
 
     name: Name
     """Names the listener in metrics and audit records."""
-    protocol: Literal["modbus", "modbus_tls"]
-    """modbus_tls: Modbus/TCP Security server (principals from certificates); modbus: plain, by source address."""
+    protocol: Literal["modbus", "modbus_tls", "enip", "enip_tls"]
+    """modbus_tls: Modbus/TCP Security server (principals from certificates); modbus: plain, by source address;
+    enip_tls: EtherNet/IP over TLS (principals from certificates); enip: plain EtherNet/IP, by source address."""
     bind: Bind
     """IP:PORT to listen on."""
     devices: Names
-    """Devices requests go to: the one whose units hold the request's unit id."""
+    """Devices requests go to: Modbus, the one whose units hold the request's unit id; EtherNet/IP, its one device."""
     tls: TlsFiles | None = None
-    """Server certificate, key, CA bundle and optional CRL (modbus_tls only)."""
+    """Server certificate, key, CA bundle and optional CRL (modbus_tls and enip_tls only)."""
     max_outstanding: Bounded(1, 1000) = 10  # type: ignore[valid-type]
     """Requests one connection may have in flight."""
     idle_timeout: Duration = 300.0
@@ -548,10 +676,16 @@ class Listener(Section):
 
     @model_validator(mode="after")
     def _tls_matches_protocol(self) -> Listener:
-        if self.protocol == "modbus_tls" and self.tls is None:
-            raise _fail(FieldError("a modbus_tls listener needs tls: {cert, key, ca}"))
-        if self.protocol == "modbus" and self.tls is not None:
-            raise _fail(FieldError("tls is only for modbus_tls listeners", ("tls",)))
+        if self.protocol.endswith("_tls") and self.tls is None:
+            article = "an" if self.protocol.startswith("enip") else "a"
+            raise _fail(FieldError(f"{article} {self.protocol} listener needs tls: {{cert, key, ca}}"))
+        if not self.protocol.endswith("_tls") and self.tls is not None:
+            raise _fail(FieldError(f"tls is only for {self.protocol}_tls listeners", ("tls",)))
+        if self.protocol.startswith("enip") and len(self.devices) != 1:
+            raise _fail(FieldError(
+                "an EtherNet/IP listener relays to one device (a CIP request names no unit id to pick one by)",
+                ("devices",),
+            ))
         if self.transparent and self.protocol != "modbus":
             raise _fail(FieldError(
                 "transparent is only for plain modbus listeners (a diverted client speaks plain Modbus/TCP)",
@@ -562,6 +696,11 @@ class Listener(Section):
     @property
     def host(self) -> str:
         return self.bind.host
+
+    @property
+    def speaks(self) -> Literal["modbus", "enip"]:
+        """The protocol its devices are reached by."""
+        return "enip" if self.protocol.startswith("enip") else "modbus"
 
     @property
     def port(self) -> int:
@@ -942,7 +1081,10 @@ class Policy(Section):
     def device_for_unit(self, listener: Listener, unit: int) -> str | None:
         """The device of `listener` whose units hold `unit` (a device without units takes any)."""
         for name in listener.devices:
-            units = self.devices[name].modbus.units
+            modbus = self.devices[name].modbus
+            if modbus is None:
+                continue
+            units = modbus.units
             if units is None or any(lo <= unit <= hi for lo, hi in units):
                 return name
         return None
@@ -954,10 +1096,12 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://zonegate.invalid/schema/policy-v1.json"
     schema["title"] = "zonegate policy"
+    for name, keys in (("Rule", ("allow", "cip")), ("Device", ("modbus", "enip"))):
+        schema["$defs"][name].setdefault("allOf", []).append({"anyOf": [{"required": [key]} for key in keys]})
     return schema
 
 
 __all__ = [
-    "TABLES", "AddressRange", "AllowEntry", "Audit", "Device", "Endpoint", "Firewall", "Flow", "Listener",
+    "TABLES", "AddressRange", "AllowEntry", "Audit", "CipEntry", "Device", "EnipDevice", "Endpoint", "Firewall", "Flow", "Listener",
     "Metrics", "ModbusDevice", "Opcua", "Policy", "Principal", "Rule", "Tag", "TlsFiles", "Zone", "json_schema",
 ]

@@ -132,6 +132,12 @@ def issues(policy: Policy, smap: SourceMap) -> list[Issue]:
     scan_classes = policy.opcua.scan_classes if policy.opcua is not None else {}
     names: dict[str, tuple[str, int]] = {}
     for device, tags in policy.tags.items():
+        known = policy.devices.get(device)
+        if known is not None and known.modbus is None:
+            out.append(smap.issue(("tags", device), (
+                f"device {device!r} has no modbus section: tags are Modbus values, read and written over Modbus/TCP"
+            )))
+            continue
         placed: dict[tuple[str, int], list[Tag]] = {}
         for n, tag in enumerate(tags):
             here = ("tags", device, n)
@@ -184,7 +190,7 @@ def warnings(policy: Policy, smap: SourceMap) -> list[Issue]:
     poller = {policy.opcua.poll_principal} if policy.opcua is not None else set()
     poller &= set(policy.principals)  # an unknown poll principal is an error of its own
     for device, tags in policy.tags.items():
-        if device not in policy.devices:
+        if device not in policy.devices or policy.devices[device].modbus is None:
             continue  # an error of its own
         for n, tag in enumerate(tags):
             here = ("tags", device, n)
@@ -206,13 +212,13 @@ def modbus_unit(policy: Policy, device: str, tag: Tag) -> int:
     if tag.modbus_unit is not None:
         return int(tag.modbus_unit)
     known = policy.devices.get(device)
-    units = known.modbus.units if known is not None else None
+    units = known.modbus.units if known is not None and known.modbus is not None else None
     return units[0][0] if units else 1
 
 
 def _unit_of(policy: Policy, device: str, unit: int) -> bool:
     known = policy.devices.get(device)
-    if known is None or known.modbus.units is None:
+    if known is None or known.modbus is None or known.modbus.units is None:
         return True
     return any(lo <= unit <= hi for lo, hi in known.modbus.units)
 

@@ -7,16 +7,24 @@
 //!
 //! Requests and replies are told apart by the server side of the flow, never by who spoke first: a
 //! flow whose first captured segment is a reply still has its requests decided as requests. The server
-//! side is the port 502 or any device port the policy names (see [`Targets::role`]).
+//! side is the port 502 or 44818 or any device port the policy names (see [`Targets::role`]). The server
+//! port says the protocol: 44818 and the devices' `enip` ports carry EtherNet/IP, whose messages are cut
+//! with `enip::split` and decided with `decide_enip` through a per-flow session (`enip_flow`); every
+//! other server port carries Modbus/TCP. EtherNet/IP over TLS (2221) cannot be read and is not a server
+//! port.
 //!
-//! A direction whose bytes do not frame as MBAP is counted as an invalid stream and skipped; when the
-//! capture starts mid-connection, or after bytes were lost, the splitter first re-aligns on a segment
-//! start (see [`AduStream`]).
+//! A direction whose bytes do not frame (as MBAP, or as encapsulation messages) is counted as an invalid
+//! stream and skipped; when the capture starts mid-connection, or after bytes were lost, the splitter
+//! first re-aligns on a segment start (see [`AduStream`]).
 
+use super::enip_flow::{self, CipCounts, DecideEnip, EnipFlow};
 use super::pcap::{CaptureError, CaptureReader, Format, Frame, StreamReader};
 use super::reassembly::{Chunk, Direction, DirectionStats, Syn, Tag};
 use super::segment::{decode, Decoded, Segment};
+use crate::enip::encap::{split as enip_split, Command, Header, Split as EnipSplit};
 use crate::modbus::frame::{split, Split, SplitInvalid};
+use crate::policy::CipDecision;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -24,6 +32,8 @@ use std::net::IpAddr;
 pub const UNKNOWN: u32 = u32::MAX;
 /// The registered Modbus/TCP port: always a server port.
 pub const MODBUS_PORT: u16 = 502;
+/// The registered EtherNet/IP port: always a server port.
+pub const ENIP_PORT: u16 = 44818;
 
 /// What the engine said about one request, reduced to what replay counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +58,7 @@ pub const REASONS: usize = 16;
 
 /// The decision the replay asks for every request: the engine, behind a seam so the driver does not
 /// depend on how the engine keeps its rate state.
-pub trait Decide {
+pub trait Decide: DecideEnip {
     fn decide(&mut self, principal: u32, device: u32, adu: &[u8], now_ns: u64) -> Outcome;
 }
 
@@ -94,14 +104,52 @@ pub struct DeviceAddr {
     pub port: u16,
 }
 
+/// What a flow speaks, by its server port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Modbus,
+    Enip,
+}
+
+fn set_port(bits: &mut [u64], port: u16) {
+    bits[port as usize / 64] |= 1 << (port % 64);
+}
+
+fn has_port(bits: &[u64], port: u16) -> bool {
+    bits[port as usize / 64] & (1 << (port % 64)) != 0
+}
+
+/// The device an address stands for among `list` (device index -> its address for one protocol, `None`
+/// when the device does not speak it): the device with this host and port; else the only one with this
+/// port; else the only one speaking the protocol at all; else none.
+fn pick(list: &[Option<DeviceAddr>], server: IpAddr, port: u16) -> u32 {
+    if let Some(i) = list.iter().position(|d| d.as_ref().is_some_and(|d| d.host == Some(server) && d.port == port)) {
+        return i as u32;
+    }
+    let mut same_port = list.iter().enumerate().filter(|(_, d)| d.as_ref().is_some_and(|d| d.port == port));
+    if let (Some((i, _)), None) = (same_port.next(), same_port.next()) {
+        return i as u32;
+    }
+    let mut speaking = list.iter().enumerate().filter(|(_, d)| d.is_some());
+    if let (Some((i, _)), None) = (speaking.next(), speaking.next()) {
+        return i as u32;
+    }
+    UNKNOWN
+}
+
 /// How flows are mapped to the policy's principals and devices.
 #[derive(Debug, Clone)]
 pub struct Targets {
     /// (network, principal index), most specific first; ties keep policy order.
     sources: Vec<(Cidr, u32)>,
-    devices: Vec<DeviceAddr>,
+    /// Device index -> its Modbus/TCP address (`None`: it speaks only EtherNet/IP).
+    devices: Vec<Option<DeviceAddr>>,
+    /// Device index -> its EtherNet/IP address.
+    enip_devices: Vec<Option<DeviceAddr>>,
     /// Bitset over all 65536 ports.
     server_ports: Vec<u64>,
+    /// The server ports that carry EtherNet/IP.
+    enip_ports: Vec<u64>,
     principal_override: Option<u32>,
     device_override: Option<u32>,
 }
@@ -114,10 +162,43 @@ impl Targets {
         // Stable: equal prefixes keep the policy's order, so the first principal listed wins a tie.
         by_prefix.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix));
         let mut server_ports = vec![0u64; 1024];
-        for port in std::iter::once(MODBUS_PORT).chain(devices.iter().map(|d| d.port)) {
-            server_ports[port as usize / 64] |= 1 << (port % 64);
+        for port in [MODBUS_PORT, ENIP_PORT].into_iter().chain(devices.iter().map(|d| d.port)) {
+            set_port(&mut server_ports, port);
         }
-        Targets { sources: by_prefix, devices, server_ports, principal_override: None, device_override: None }
+        let mut enip_ports = vec![0u64; 1024];
+        set_port(&mut enip_ports, ENIP_PORT);
+        let count = devices.len();
+        Targets {
+            sources: by_prefix,
+            devices: devices.into_iter().map(Some).collect(),
+            enip_devices: vec![None; count],
+            server_ports,
+            enip_ports,
+            principal_override: None,
+            device_override: None,
+        }
+    }
+
+    /// Which devices speak which protocol where: `modbus[i]` / `enip[i]` are device i's Modbus/TCP and
+    /// EtherNet/IP addresses (`None` when it does not speak that protocol).
+    pub fn with_protocols(mut self, modbus: Vec<Option<DeviceAddr>>, enip: Vec<Option<DeviceAddr>>) -> Targets {
+        let mut server_ports = vec![0u64; 1024];
+        let mut enip_ports = vec![0u64; 1024];
+        set_port(&mut server_ports, MODBUS_PORT);
+        set_port(&mut server_ports, ENIP_PORT);
+        set_port(&mut enip_ports, ENIP_PORT);
+        for d in modbus.iter().flatten() {
+            set_port(&mut server_ports, d.port);
+        }
+        for d in enip.iter().flatten() {
+            set_port(&mut server_ports, d.port);
+            set_port(&mut enip_ports, d.port);
+        }
+        self.devices = modbus;
+        self.enip_devices = enip;
+        self.server_ports = server_ports;
+        self.enip_ports = enip_ports;
+        self
     }
 
     /// Every flow is decided as this principal (the `--principal` option).
@@ -133,7 +214,21 @@ impl Targets {
     }
 
     pub fn is_server_port(&self, port: u16) -> bool {
-        self.server_ports[port as usize / 64] & (1 << (port % 64)) != 0
+        has_port(&self.server_ports, port)
+    }
+
+    /// What a flow to `server`:`port` speaks: EtherNet/IP when a device's `enip` names that address, or
+    /// the port is 44818 or a device's EtherNet/IP port and no device's Modbus/TCP address is this one.
+    pub fn protocol(&self, server: IpAddr, port: u16) -> Protocol {
+        let names =
+            |list: &[Option<DeviceAddr>]| list.iter().flatten().any(|d| d.host == Some(server) && d.port == port);
+        if names(&self.enip_devices) {
+            return Protocol::Enip;
+        }
+        if has_port(&self.enip_ports, port) && !names(&self.devices) {
+            return Protocol::Enip;
+        }
+        Protocol::Modbus
     }
 
     /// The principal of a client address: the most specific source network holding it.
@@ -144,23 +239,23 @@ impl Targets {
         self.sources.iter().find(|(net, _)| net.contains(client)).map_or(UNKNOWN, |(_, i)| *i)
     }
 
-    /// The device a server address stands for, in this order: the device with this host and port;
-    /// else the only device with this port; else the policy's only device; else none (unknown).
+    /// The Modbus/TCP device a server address stands for, in this order: the device with this host and
+    /// port; else the only device with this port; else the policy's only Modbus/TCP device; else none
+    /// (unknown).
     pub fn device(&self, server: IpAddr, port: u16) -> u32 {
+        self.device_for(Protocol::Modbus, server, port)
+    }
+
+    /// As [`Targets::device`], among the devices speaking `protocol` (their `enip` host and port for
+    /// EtherNet/IP).
+    pub fn device_for(&self, protocol: Protocol, server: IpAddr, port: u16) -> u32 {
         if let Some(d) = self.device_override {
             return d;
         }
-        if let Some(i) = self.devices.iter().position(|d| d.host == Some(server) && d.port == port) {
-            return i as u32;
+        match protocol {
+            Protocol::Modbus => pick(&self.devices, server, port),
+            Protocol::Enip => pick(&self.enip_devices, server, port),
         }
-        let mut same_port = self.devices.iter().enumerate().filter(|(_, d)| d.port == port);
-        if let (Some((i, _)), None) = (same_port.next(), same_port.next()) {
-            return i as u32;
-        }
-        if self.devices.len() == 1 {
-            return 0;
-        }
-        UNKNOWN
     }
 
     /// Whether a segment travels client to server (`Some(true)`), server to client (`Some(false)`),
@@ -175,7 +270,13 @@ impl Targets {
             (false, true) => Some(true),
             (true, false) => Some(false),
             (true, true) => {
-                let named = |ip: IpAddr, port: u16| self.devices.iter().any(|d| d.host == Some(ip) && d.port == port);
+                let named = |ip: IpAddr, port: u16| {
+                    self.devices
+                        .iter()
+                        .chain(&self.enip_devices)
+                        .flatten()
+                        .any(|d| d.host == Some(ip) && d.port == port)
+                };
                 match (named(seg.src, seg.src_port), named(seg.dst, seg.dst_port)) {
                     (false, true) => Some(true),
                     (true, false) => Some(false),
@@ -187,12 +288,12 @@ impl Targets {
     }
 }
 
-/// Why a direction's bytes are not Modbus/TCP.
+/// Why a direction's bytes are not Modbus/TCP (or, on an EtherNet/IP port, not EtherNet/IP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamInvalid {
     /// MBAP protocol identifier not 0.
     ProtocolId,
-    /// MBAP length outside 2..=254.
+    /// MBAP length outside 2..=254; encapsulation length beyond 65511.
     Length,
     /// The direction carried bytes, none of which ever framed as an ADU.
     NeverFramed,
@@ -216,15 +317,17 @@ enum Alignment {
     Guess,
 }
 
-/// Splits one direction's byte stream into ADUs.
+/// Splits one direction's byte stream into ADUs (Modbus/TCP) or encapsulation messages (EtherNet/IP).
 ///
 /// With the stream's start known, the first bytes that do not frame make the whole direction invalid:
 /// a Modbus/TCP peer cannot resynchronise either. When the start is a guess (capture started
 /// mid-connection, or bytes were lost), a segment that does not start with an MBAP header is dropped
 /// and the next segment start is tried; the framing counts as confirmed once a segment ends exactly on
-/// an ADU boundary.
+/// an ADU boundary. An EtherNet/IP length field says little, so a guessed start must also read as a
+/// plausible header (a known command, options 0).
 #[derive(Debug)]
 pub struct AduStream {
+    framing: Protocol,
     carry: Vec<u8>,
     alignment: Alignment,
     invalid: Option<StreamInvalid>,
@@ -241,7 +344,13 @@ pub struct AduStream {
 impl AduStream {
     /// `synced`: the stream's first byte is known to start an ADU (its SYN was seen).
     pub fn new(synced: bool) -> AduStream {
+        AduStream::framing(Protocol::Modbus, synced)
+    }
+
+    /// As [`AduStream::new`], for a stream of `framing`'s messages.
+    pub fn framing(framing: Protocol, synced: bool) -> AduStream {
         AduStream {
+            framing,
             carry: Vec::new(),
             alignment: if synced { Alignment::Known } else { Alignment::Guess },
             invalid: None,
@@ -300,7 +409,7 @@ impl AduStream {
         let mut used = 0;
         loop {
             let rest = &input[used..];
-            match split(rest) {
+            match self.cut(rest) {
                 Split::Complete { used: n } => {
                     self.adus += 1;
                     on_adu(&rest[..n]);
@@ -326,6 +435,26 @@ impl AduStream {
                     return (Some(reason), input.len());
                 }
             }
+        }
+    }
+
+    /// The first message of `rest`, in the Modbus splitter's terms.
+    fn cut(&self, rest: &[u8]) -> Split {
+        if self.framing == Protocol::Modbus {
+            return split(rest);
+        }
+        if self.alignment == Alignment::Guess {
+            if let Some(h) = Header::read(rest) {
+                if h.options != 0 || Command::from_u16(h.command).is_none() {
+                    // Only the fact counts while guessing: the bytes are dropped, not reported.
+                    return Split::Invalid(SplitInvalid::ProtocolId);
+                }
+            }
+        }
+        match enip_split(rest) {
+            EnipSplit::Complete { used } => Split::Complete { used },
+            EnipSplit::Incomplete { needed } => Split::Incomplete { needed },
+            EnipSplit::Invalid(_) => Split::Invalid(SplitInvalid::Length),
         }
     }
 
@@ -441,6 +570,28 @@ pub struct Report {
     pub bytes_read: u64,
     /// Why the capture could not be read to its end, if it could not.
     pub capture_error: Option<CaptureError>,
+    /// The EtherNet/IP half: requests, replies and decisions on EtherNet/IP flows.
+    pub cip: CipCounts,
+    /// The first EtherNet/IP denials, in capture order.
+    pub cip_denials: Vec<CipDenial>,
+}
+
+/// One refused EtherNet/IP message, as the report lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CipDenial {
+    /// Frame that completed the message.
+    pub frame: u64,
+    pub ts_ns: u64,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub server: IpAddr,
+    pub server_port: u16,
+    pub principal: u32,
+    pub device: u32,
+    /// Service of the denied leaf, when the message carried CIP that flattened.
+    pub leaf_service: Option<Cow<'static, str>>,
+    /// Everything the engine said (reason, rule, kind, target, route, leaf index).
+    pub decision: CipDecision,
 }
 
 impl Report {
@@ -468,6 +619,8 @@ impl Report {
             format: None,
             bytes_read: 0,
             capture_error: None,
+            cip: CipCounts::new(rules),
+            cip_denials: Vec::new(),
         }
     }
 }
@@ -507,8 +660,8 @@ struct Half {
 }
 
 impl Half {
-    fn new() -> Half {
-        Half { tcp: Direction::new(), adus: AduStream::new(false), fin: false }
+    fn new(protocol: Protocol) -> Half {
+        Half { tcp: Direction::new(), adus: AduStream::framing(protocol, false), fin: false }
     }
 }
 
@@ -517,6 +670,8 @@ struct Flow {
     device: u32,
     /// [client to server, server to client]
     halves: [Half; 2],
+    /// Session state of an EtherNet/IP flow; `None` for Modbus/TCP.
+    enip: Option<EnipFlow>,
     closed: bool,
 }
 
@@ -573,6 +728,37 @@ impl<D: Decide> Context<'_, D> {
         }
     }
 
+    fn enip_request(&mut self, flow: &mut EnipFlow, frame: &[u8]) {
+        let d = enip_flow::request(
+            &mut *self.decider,
+            flow,
+            &mut self.report.cip,
+            self.principal,
+            self.device,
+            frame,
+            self.ts_ns,
+        );
+        let r = &mut *self.report;
+        if d.decision.verdict != crate::policy::Verdict::Allow && r.cip_denials.len() < self.max_listed {
+            r.cip_denials.push(CipDenial {
+                frame: self.frame,
+                ts_ns: self.ts_ns,
+                client: self.key.client,
+                client_port: self.key.client_port,
+                server: self.key.server,
+                server_port: self.key.server_port,
+                principal: self.principal,
+                device: self.device,
+                leaf_service: d.leaf_service,
+                decision: d.decision,
+            });
+        }
+    }
+
+    fn enip_reply(&mut self, flow: &mut EnipFlow, frame: &[u8]) {
+        enip_flow::reply(flow, &mut self.report.cip, frame);
+    }
+
     fn reply(&mut self, adu: &[u8]) {
         self.report.replies += 1;
         if adu.get(7).is_some_and(|fc| fc & 0x80 != 0) {
@@ -620,14 +806,7 @@ impl<'d, D: Decide> Replay<'d, D> {
     /// `rules`: how many rules the policy has (for the per-rule counters); `max_listed`: how many
     /// denials and invalid streams the report lists (all are counted).
     pub fn new(decider: &'d mut D, targets: Targets, rules: usize, max_listed: usize) -> Self {
-        Replay {
-            decider,
-            targets,
-            flows: HashMap::new(),
-            order: Vec::new(),
-            report: Report::new(rules),
-            max_listed,
-        }
+        Replay { decider, targets, flows: HashMap::new(), order: Vec::new(), report: Report::new(rules), max_listed }
     }
 
     /// The counters so far.
@@ -710,10 +889,16 @@ impl<'d, D: Decide> Replay<'d, D> {
                     ctx.report.anomalies.midstream_flows += 1;
                 }
                 order.push(key);
+                let protocol = targets.protocol(key.server, key.server_port);
+                let enip = (protocol == Protocol::Enip).then(|| {
+                    ctx.report.cip.flows += 1;
+                    EnipFlow::new(!seg.flags.syn)
+                });
                 flows.entry(key).or_insert(Flow {
                     principal: targets.principal(key.client),
-                    device: targets.device(key.server, key.server_port),
-                    halves: [Half::new(), Half::new()],
+                    device: targets.device_for(protocol, key.server, key.server_port),
+                    halves: [Half::new(protocol), Half::new(protocol)],
+                    enip,
                     closed: false,
                 })
             }
@@ -726,11 +911,12 @@ impl<'d, D: Decide> Replay<'d, D> {
             }
             return;
         }
-        let half = &mut flow.halves[side];
+        let Flow { halves, enip, .. } = flow;
+        let half = &mut halves[side];
         let mut data_seq = seg.seq;
         if seg.flags.syn {
             if half.tcp.syn(seg.seq) == Syn::Started {
-                half.adus = AduStream::new(true);
+                half.adus = AduStream::framing(half.adus.framing, true);
             }
             data_seq = seg.seq.wrapping_add(1);
         }
@@ -738,7 +924,7 @@ impl<'d, D: Decide> Replay<'d, D> {
             let Half { tcp, adus, .. } = half;
             let tag = Tag { frame: frame.number, ts_ns: frame.ts_ns };
             tcp.segment(data_seq, seg.payload, tag, &mut |chunk| {
-                deliver(adus, chunk, side == 0, &mut ctx);
+                deliver(adus, enip, chunk, side == 0, &mut ctx);
             });
         }
         if seg.flags.fin {
@@ -754,7 +940,9 @@ impl<'d, D: Decide> Replay<'d, D> {
         let Replay { decider, flows, order, report, max_listed, .. } = &mut self;
         let last_frame = report.frames;
         for key in order.iter() {
-            let Some(flow) = flows.get_mut(key) else { continue };
+            let Some(flow) = flows.get_mut(key) else {
+                continue;
+            };
             if flow.closed {
                 continue;
             }
@@ -774,13 +962,24 @@ impl<'d, D: Decide> Replay<'d, D> {
     }
 }
 
-fn deliver<D: Decide>(adus: &mut AduStream, chunk: Chunk<'_>, requests: bool, ctx: &mut Context<'_, D>) {
+fn deliver<D: Decide>(
+    adus: &mut AduStream,
+    enip: &mut Option<EnipFlow>,
+    chunk: Chunk<'_>,
+    requests: bool,
+    ctx: &mut Context<'_, D>,
+) {
     // An ADU is reported at the frame (and decided at the time) of the segment holding its last byte.
     if let Chunk::Data(_, tag) = chunk {
         ctx.frame = tag.frame;
         ctx.ts_ns = tag.ts_ns;
     }
-    let found = adus.feed(chunk, &mut |adu| if requests { ctx.request(adu) } else { ctx.reply(adu) });
+    let found = adus.feed(chunk, &mut |adu| match (enip.as_mut(), requests) {
+        (Some(flow), true) => ctx.enip_request(flow, adu),
+        (Some(flow), false) => ctx.enip_reply(flow, adu),
+        (None, true) => ctx.request(adu),
+        (None, false) => ctx.reply(adu),
+    });
     if let Some(reason) = found {
         ctx.invalid(requests, reason);
     }
@@ -788,10 +987,11 @@ fn deliver<D: Decide>(adus: &mut AduStream, chunk: Chunk<'_>, requests: bool, ct
 
 /// Flushes both directions of a flow (holes are skipped) and closes it.
 fn close<D: Decide>(flow: &mut Flow, ctx: &mut Context<'_, D>) {
-    for (side, half) in flow.halves.iter_mut().enumerate() {
+    let Flow { halves, enip, .. } = flow;
+    for (side, half) in halves.iter_mut().enumerate() {
         let requests = side == 0;
         let Half { tcp, adus, .. } = half;
-        tcp.flush(&mut |chunk| deliver(adus, chunk, requests, ctx));
+        tcp.flush(&mut |chunk| deliver(adus, enip, chunk, requests, ctx));
         if let Some(reason) = adus.finish() {
             ctx.invalid(requests, reason);
         }
@@ -904,15 +1104,21 @@ impl Targets {
     pub fn from_ir(ir: &crate::policy::Ir) -> Targets {
         let sources: Vec<Vec<Cidr>> =
             ir.principals.iter().map(|p| p.sources.iter().filter_map(|s| Cidr::parse(s)).collect()).collect();
-        let devices = ir
+        let addr = |host: &str, port: i64, default: u16| DeviceAddr {
+            host: host.parse::<IpAddr>().ok(),
+            port: u16::try_from(port).ok().filter(|p| *p != 0).unwrap_or(default),
+        };
+        // An IR device that speaks only EtherNet/IP repeats its enip address as host and port.
+        let modbus = ir
             .devices
             .iter()
-            .map(|d| DeviceAddr {
-                host: d.host.parse::<IpAddr>().ok(),
-                port: u16::try_from(d.port).ok().filter(|p| *p != 0).unwrap_or(MODBUS_PORT),
+            .map(|d| {
+                let only_enip = d.enip.as_ref().is_some_and(|e| e.host == d.host && e.port == d.port);
+                (!only_enip).then(|| addr(&d.host, d.port, MODBUS_PORT))
             })
             .collect();
-        Targets::new(&sources, devices)
+        let enip = ir.devices.iter().map(|d| d.enip.as_ref().map(|e| addr(&e.host, e.port, ENIP_PORT))).collect();
+        Targets::new(&sources, Vec::new()).with_protocols(modbus, enip)
     }
 }
 

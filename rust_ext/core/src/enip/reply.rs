@@ -2,11 +2,13 @@
 //! conduit hands it back (a device, or whoever sits on the zone wire, must not slip an unrelated reply in).
 //!
 //! Unconnected (SendRRData, list commands, RegisterSession): same command, same session (RegisterSession:
-//! the reply brings it), same sender context, and a CIP reply to the same service code.
+//! the reply brings it), same sender context, and a CIP reply to the same service code (for an
+//! Unconnected Send: to its own code, when a router could not deliver it, or to the request inside).
 //! Connected (SendUnitData): the reply comes on the connection's T->O id with the request's sequence
 //! count, and answers the same service code.
 
 use super::connections::ConnectionTable;
+use super::containers::{parse_unconnected_send, MAX_DEPTH};
 use super::cpf::{Address, Payload};
 use super::encap::{parse_frame, Body, Command, Frame};
 use super::{cip, EncapError};
@@ -41,12 +43,27 @@ fn address(f: &Frame<'_>) -> Option<Address> {
     }
 }
 
+/// The service code a reply to `req` may carry besides Unconnected Send's own: a target answers an
+/// Unconnected Send with the reply to the request inside it (the routers on the way strip the
+/// wrapper), and only a router that cannot deliver it answers with 0x52 | 0x80.
+fn delivered_code(req: &[u8]) -> Option<u8> {
+    let mut msg = req;
+    for _ in 0..=MAX_DEPTH {
+        let r = cip::parse_request(msg).ok()?;
+        if r.service != cip::Service::UnconnectedSend {
+            return Some(r.code);
+        }
+        msg = parse_unconnected_send(r.data).ok()?.message;
+    }
+    None
+}
+
 fn same_service(req: &[u8], rep: &[u8]) -> Result<(), Mismatch> {
     let r = cip::parse_response(rep).map_err(|_| Mismatch::Service)?;
-    if req.first() != Some(&r.code) {
-        return Err(Mismatch::Service);
+    if req.first() == Some(&r.code) || delivered_code(req) == Some(r.code) {
+        return Ok(());
     }
-    Ok(())
+    Err(Mismatch::Service)
 }
 
 /// Says whether `reply` answers `request` (both whole encapsulation messages). `table` attributes

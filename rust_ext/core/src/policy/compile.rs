@@ -240,7 +240,7 @@ impl Engine {
         let mut slots: u64 = 0;
         for (ri, r) in ir.rules.iter().enumerate() {
             let path = format!("rules[{ri}]");
-            let Rule { id, principals, devices, units: rule_units, allow } = r;
+            let Rule { id, principals, devices, units: rule_units, allow, .. } = r;
             if id.is_empty() {
                 return Err(invalid(format!("{path}.id"), "rule id is empty"));
             }
@@ -367,6 +367,7 @@ impl Engine {
             items,
             index,
             buckets: Buckets::new(slots as usize),
+            cip: super::cip::CipPolicy::compile(ir)?,
         })
     }
 }

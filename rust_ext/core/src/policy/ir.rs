@@ -58,6 +58,9 @@ pub struct Device {
     pub port: i64,
     /// Inclusive unit id ranges; `None` means any unit.
     pub units: Option<Vec<[i64; 2]>>,
+    /// EtherNet/IP endpoint, when the device speaks it (the engine does not use it).
+    #[serde(default)]
+    pub enip: Option<super::cip::EnipDevice>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +74,9 @@ pub struct Rule {
     /// Inclusive unit id ranges; `None` means the units of the device the request is for.
     pub units: Option<Vec<[i64; 2]>>,
     pub allow: Vec<Entry>,
+    /// CIP entries (docs/cip-engine.md section 2); a rule may have `allow`, `cip` or both.
+    #[serde(default)]
+    pub cip: Vec<super::cip::CipEntry>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -4,11 +4,15 @@
 //! [`Engine`], `decide` runs one request through it, `rate` holds the token buckets beside it.
 //! A new policy means a new `Engine`; nothing in a compiled engine changes except bucket levels.
 
+pub mod cip;
+mod cip_decide;
+mod cip_tags;
 pub mod compile;
 pub mod decide;
 pub mod ir;
 pub mod rate;
 
+pub use cip::{CipDecision, CipReason, EnipSession};
 pub use compile::IrError;
 pub use decide::{BatchSummary, Decision, Reason, Verdict};
 pub use ir::{Ir, Mode};
@@ -178,6 +182,8 @@ pub struct Engine {
     pub(crate) items: Vec<Item>,
     pub(crate) index: PairIndex,
     pub(crate) buckets: Buckets,
+    /// The CIP half of the policy, with its own buckets.
+    pub(crate) cip: cip::CipPolicy,
 }
 
 impl Engine {

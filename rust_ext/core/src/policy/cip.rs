@@ -1,0 +1,462 @@
+//! Compile stage for CIP (docs/cip-engine.md sections 2-4): the IR of a rule's `cip` entries, validated
+//! into the fast forms `decide_cip` matches on (a service bitset, lower-cased tag patterns, sorted
+//! ranges, routes as hop lists), plus the candidate index and the rate buckets of the CIP entries.
+//!
+//! Every error names its IR field (`rules[1].cip[0].services[2]: unknown CIP service "read_tags"`), as
+//! the Modbus compile errors do. Deciding is `cip_decide`, tag patterns `cip_tags`.
+
+use super::cip_tags::Pattern;
+use super::compile::IrError;
+use super::ir::{Ir, Rate};
+use super::rate::{Buckets, RateSpec};
+use super::{Span, Verdict};
+use crate::enip::Service;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+pub use super::cip_decide::{leaf_connection, route_text, target_text, EnipSession};
+
+/// `enip` of an IR device (the conduit dials it; the engine only reads it to check its shape).
+#[derive(Clone, Debug, Deserialize)]
+pub struct EnipDevice {
+    pub host: String,
+    pub port: i64,
+}
+
+/// One IR `cip` entry, as the loader writes it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CipEntry {
+    /// Resolved service names (section 1's table, presets expanded).
+    pub services: Vec<String>,
+    /// Raw codes matched only when the request's service resolves to `Other(code)`.
+    #[serde(default)]
+    pub service_codes: Vec<i64>,
+    #[serde(default)]
+    pub tags: Option<Vec<TagPattern>>,
+    #[serde(default)]
+    pub classes: Option<Vec<[i64; 2]>>,
+    #[serde(default)]
+    pub instances: Option<Vec<[i64; 2]>>,
+    #[serde(default)]
+    pub attributes: Option<Vec<[i64; 2]>>,
+    /// Routes as hops `[port, link bytes]`; `[]` is the device itself.
+    #[serde(default)]
+    pub routes: Option<Vec<IrRoute>>,
+    #[serde(default)]
+    pub rate: Option<Rate>,
+}
+
+/// An IR route: hops `[port, link bytes]`.
+pub type IrRoute = Vec<(i64, Vec<i64>)>;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagPattern {
+    pub parts: Vec<PatternPart>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternPart {
+    /// Lower-cased name, or `"*"`.
+    pub name: String,
+    /// One inclusive range per dimension; `None`: any elements or none.
+    #[serde(default)]
+    pub elements: Option<Vec<[i64; 2]>>,
+}
+
+/// Every service a policy can name, in bit order of [`ServiceSet`]. Containers are absent: their
+/// leaves are decided, never they.
+pub const NAMED_SERVICES: [Service; 33] = {
+    use Service::*;
+    [
+        GetAttributeAll,
+        SetAttributeAll,
+        GetAttributeList,
+        SetAttributeList,
+        Reset,
+        Start,
+        Stop,
+        Create,
+        Delete,
+        ApplyAttributes,
+        GetAttributeSingle,
+        SetAttributeSingle,
+        FindNextObjectInstance,
+        Restore,
+        Save,
+        NoOperation,
+        GetMember,
+        SetMember,
+        InsertMember,
+        RemoveMember,
+        GroupSync,
+        ReadTag,
+        WriteTag,
+        ReadModifyWriteTag,
+        ReadTagFragmented,
+        WriteTagFragmented,
+        GetInstanceAttributeList,
+        ForwardClose,
+        ForwardOpen,
+        LargeForwardOpen,
+        GetConnectionData,
+        SearchConnectionData,
+        GetConnectionOwner,
+    ]
+};
+
+/// Services that name no data: an entry made only of these may leave its target open.
+const NO_TARGET: [Service; 7] = [
+    Service::NoOperation,
+    Service::ForwardOpen,
+    Service::LargeForwardOpen,
+    Service::ForwardClose,
+    Service::GetConnectionData,
+    Service::SearchConnectionData,
+    Service::GetConnectionOwner,
+];
+
+fn service_bit(s: Service) -> Option<u32> {
+    NAMED_SERVICES.iter().position(|n| *n == s).map(|i| i as u32)
+}
+
+/// An entry's services: named ones by bit, unresolved codes (0..=0x7F) by code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServiceSet {
+    named: u64,
+    codes: u128,
+}
+
+impl ServiceSet {
+    #[inline]
+    pub fn contains(&self, s: Service) -> bool {
+        match s {
+            Service::Other(c) => c < 128 && self.codes >> c & 1 != 0,
+            s => service_bit(s).is_some_and(|b| self.named >> b & 1 != 0),
+        }
+    }
+}
+
+/// A compiled route: hops of (port, link bytes).
+pub(crate) type Route = Vec<(u16, Vec<u8>)>;
+
+/// What an entry's target check looks at.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// No tags and no logical address: any target (only no-target services).
+    Any,
+    Tags(Vec<Pattern>),
+    /// Each `None` means any; ranges sorted by start.
+    Logical {
+        classes: Option<Vec<(u32, u32)>>,
+        instances: Option<Vec<(u32, u32)>>,
+        attributes: Option<Vec<(u32, u32)>>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledCipEntry {
+    pub services: ServiceSet,
+    pub target: Target,
+    pub routes: Option<Vec<Route>>,
+    /// The entry's rate and its ordinal among the rule's rated CIP entries.
+    pub rate: Option<(RateSpec, u32)>,
+}
+
+/// A rule that applies to one (principal, device) pair and has CIP entries, with the first bucket
+/// slot of that (rule, principal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CipCandidate {
+    pub rule: u32,
+    pub entries: Span,
+    pub slot: u32,
+}
+
+/// The CIP half of a compiled policy.
+#[derive(Debug, Default)]
+pub(crate) struct CipPolicy {
+    pub entries: Vec<CompiledCipEntry>,
+    /// (principal << 32 | device) -> candidate rules in file order.
+    pub pairs: HashMap<u64, Vec<CipCandidate>>,
+    pub buckets: Buckets,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> IrError {
+    IrError::Invalid { path: path.into(), message: message.into() }
+}
+
+fn u32_ranges(path: &str, list: &[[i64; 2]]) -> Result<Vec<(u32, u32)>, IrError> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, [lo, hi]) in list.iter().copied().enumerate() {
+        let max = u32::MAX as i64;
+        if !(0..=max).contains(&lo) || !(0..=max).contains(&hi) {
+            return Err(invalid(format!("{path}[{i}]"), format!("range [{lo}, {hi}] is outside 0..={max}")));
+        }
+        if lo > hi {
+            return Err(invalid(format!("{path}[{i}]"), format!("range [{lo}, {hi}] is reversed")));
+        }
+        out.push((lo as u32, hi as u32));
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn compile_route(path: &str, hops: &[(i64, Vec<i64>)]) -> Result<Route, IrError> {
+    let mut out = Vec::with_capacity(hops.len());
+    for (i, (port, link)) in hops.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if !(1..=0xFFFF).contains(port) {
+            return Err(invalid(p, format!("port {port} is outside 1..=65535")));
+        }
+        if link.is_empty() || link.len() > 255 {
+            return Err(invalid(p, "a link address has 1 to 255 bytes"));
+        }
+        let mut bytes = Vec::with_capacity(link.len());
+        for b in link {
+            if !(0..=255).contains(b) {
+                return Err(invalid(p, format!("link byte {b} is outside 0..=255")));
+            }
+            bytes.push(*b as u8);
+        }
+        out.push((*port as u16, bytes));
+    }
+    Ok(out)
+}
+
+fn compile_entry(path: &str, e: &CipEntry, rated: &mut u32) -> Result<CompiledCipEntry, IrError> {
+    let mut services = ServiceSet::default();
+    let mut all_no_target = true;
+    for (i, name) in e.services.iter().enumerate() {
+        let p = format!("{path}.services[{i}]");
+        if name == "unconnected_send" || name == "multiple_service_packet" {
+            return Err(invalid(
+                p,
+                format!("{name} is a container: the requests inside it are decided, it cannot be named"),
+            ));
+        }
+        let Some(bit) = NAMED_SERVICES.iter().position(|s| s.name() == Some(name.as_str())) else {
+            return Err(invalid(p, format!("unknown CIP service {name:?}")));
+        };
+        services.named |= 1 << bit;
+        all_no_target &= NO_TARGET.contains(&NAMED_SERVICES[bit]);
+    }
+    for (i, code) in e.service_codes.iter().copied().enumerate() {
+        if !(0..=0x7F).contains(&code) {
+            return Err(invalid(
+                format!("{path}.service_codes[{i}]"),
+                format!("service code {code} is outside 0..=0x7F"),
+            ));
+        }
+        services.codes |= 1 << code;
+        all_no_target = false;
+    }
+    if e.services.is_empty() && e.service_codes.is_empty() {
+        return Err(invalid(format!("{path}.services"), "the entry names no service"));
+    }
+    let logical = e.classes.is_some() || e.instances.is_some() || e.attributes.is_some();
+    let target = match &e.tags {
+        Some(_) if logical => {
+            return Err(invalid(
+                format!("{path}.tags"),
+                "tags and class/instance/attribute cannot be combined in one entry",
+            ))
+        }
+        Some(list) => {
+            let mut pats = Vec::with_capacity(list.len());
+            for (i, t) in list.iter().enumerate() {
+                pats.push(Pattern::compile(&format!("{path}.tags[{i}]"), t)?);
+            }
+            Target::Tags(pats)
+        }
+        None if logical => {
+            let opt = |field: &str, v: &Option<Vec<[i64; 2]>>| -> Result<_, IrError> {
+                v.as_deref().map(|l| u32_ranges(&format!("{path}.{field}"), l)).transpose()
+            };
+            Target::Logical {
+                classes: opt("classes", &e.classes)?,
+                instances: opt("instances", &e.instances)?,
+                attributes: opt("attributes", &e.attributes)?,
+            }
+        }
+        None if all_no_target => Target::Any,
+        None => return Err(invalid(format!("{path}.tags"), "name the tags or the class the entry allows")),
+    };
+    let routes = match &e.routes {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, r) in list.iter().enumerate() {
+                out.push(compile_route(&format!("{path}.routes[{i}]"), r)?);
+            }
+            Some(out)
+        }
+    };
+    let rate = match e.rate {
+        None => None,
+        Some(r) => {
+            for (field, v) in [("count", r.count), ("period_ns", r.period_ns), ("burst", r.burst)] {
+                if v == 0 {
+                    return Err(invalid(format!("{path}.rate.{field}"), "must be >= 1"));
+                }
+            }
+            *rated += 1;
+            Some((RateSpec::new(r.count, r.period_ns, r.burst), *rated - 1))
+        }
+    };
+    Ok(CompiledCipEntry { services, target, routes, rate })
+}
+
+impl CipPolicy {
+    /// Compiles every rule's `cip` entries. Principal and device indices were checked by the Modbus
+    /// half; they are checked again here so this stands on its own.
+    pub(crate) fn compile(ir: &Ir) -> Result<CipPolicy, IrError> {
+        let (np, nd) = (ir.principals.len(), ir.devices.len());
+        for (i, d) in ir.devices.iter().enumerate() {
+            if let Some(e) = &d.enip {
+                if !(1..=0xFFFF).contains(&e.port) {
+                    return Err(invalid(
+                        format!("devices[{i}].enip.port"),
+                        format!("port {} is outside 1..=65535", e.port),
+                    ));
+                }
+            }
+        }
+        let mut entries = Vec::new();
+        let mut pairs: HashMap<u64, Vec<CipCandidate>> = HashMap::new();
+        let mut slots: u64 = 0;
+        for (ri, r) in ir.rules.iter().enumerate() {
+            if r.cip.is_empty() {
+                continue;
+            }
+            let first = entries.len() as u32;
+            let mut rated = 0u32;
+            for (ei, e) in r.cip.iter().enumerate() {
+                entries.push(compile_entry(&format!("rules[{ri}].cip[{ei}]"), e, &mut rated)?);
+            }
+            let span = Span { off: first, len: entries.len() as u32 - first };
+            let mut ps: Vec<u32> = Vec::new();
+            for (k, p) in r.principals.iter().copied().enumerate() {
+                if p < 0 || p as u64 >= np as u64 {
+                    return Err(invalid(
+                        format!("rules[{ri}].principals[{k}]"),
+                        format!("principal index {p} is out of range"),
+                    ));
+                }
+                if !ps.contains(&(p as u32)) {
+                    ps.push(p as u32);
+                }
+            }
+            let mut ds: Vec<u32> = Vec::new();
+            for (k, d) in r.devices.iter().copied().enumerate() {
+                if d < 0 || d as u64 >= nd as u64 {
+                    return Err(invalid(
+                        format!("rules[{ri}].devices[{k}]"),
+                        format!("device index {d} is out of range"),
+                    ));
+                }
+                if !ds.contains(&(d as u32)) {
+                    ds.push(d as u32);
+                }
+            }
+            for (k, p) in ps.iter().enumerate() {
+                let slot = if rated == 0 { u32::MAX } else { (slots + k as u64 * rated as u64) as u32 };
+                for d in &ds {
+                    pairs.entry((*p as u64) << 32 | *d as u64).or_default().push(CipCandidate {
+                        rule: ri as u32,
+                        entries: span,
+                        slot,
+                    });
+                }
+            }
+            slots += ps.len() as u64 * rated as u64;
+            if slots >= u32::MAX as u64 {
+                return Err(invalid(format!("rules[{ri}]"), "too many rate buckets"));
+            }
+        }
+        Ok(CipPolicy { entries, pairs, buckets: Buckets::new(slots as usize) })
+    }
+
+    #[inline]
+    pub(crate) fn candidates(&self, principal: u32, device: u32) -> &[CipCandidate] {
+        self.pairs.get(&((principal as u64) << 32 | device as u64)).map_or(&[], |v| v.as_slice())
+    }
+}
+
+/// Why; values continue the Modbus [`super::Reason`] values (docs/cip-engine.md section 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CipReason {
+    Allowed = 0,
+    UnknownPrincipal = 1,
+    Malformed = 2,
+    NoMatchingRule = 3,
+    RateExceeded = 9,
+    /// Depth 1.
+    RouteNotAllowed = 10,
+    /// Depth 2.
+    ServiceNotAllowed = 11,
+    /// Depth 3.
+    TargetNotAllowed = 12,
+    /// An encapsulation command the conduit never forwards.
+    CommandNotAllowed = 13,
+}
+
+impl CipReason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            CipReason::Allowed => "allowed",
+            CipReason::UnknownPrincipal => "unknown_principal",
+            CipReason::Malformed => "malformed",
+            CipReason::NoMatchingRule => "no_matching_rule",
+            CipReason::RateExceeded => "rate_exceeded",
+            CipReason::RouteNotAllowed => "route_not_allowed",
+            CipReason::ServiceNotAllowed => "service_not_allowed",
+            CipReason::TargetNotAllowed => "target_not_allowed",
+            CipReason::CommandNotAllowed => "command_not_allowed",
+        }
+    }
+
+    pub(crate) const fn from_depth(depth: u8) -> CipReason {
+        match depth {
+            1 => CipReason::RouteNotAllowed,
+            2 => CipReason::ServiceNotAllowed,
+            _ => CipReason::TargetNotAllowed,
+        }
+    }
+}
+
+/// One CIP or encapsulation decision, explained (docs/cip-engine.md sections 7 and 8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CipDecision {
+    pub verdict: Verdict,
+    pub reason: CipReason,
+    /// Index of the deciding rule (see [`super::Engine::rule_id`]).
+    pub rule: Option<u32>,
+    /// Kind name when `reason` is `Malformed`.
+    pub malformed: Option<&'static str>,
+    /// CIP general status to answer (deny at the CIP level only).
+    pub general_status: Option<u8>,
+    /// Encapsulation status to answer (deny at the encapsulation level only).
+    pub encap_status: Option<u32>,
+    /// Encapsulation command word; 0 for `decide_cip`.
+    pub command: u16,
+    /// The outer CIP service byte; 0 when none.
+    pub service: u8,
+    /// Leaves decided.
+    pub leaves: u32,
+    pub denied_leaf: Option<u32>,
+    /// The deciding leaf's target, for audit: tag name, `class 0x01 instance 1 attribute 7`, or "".
+    pub target: String,
+    /// The deciding leaf's route text.
+    pub route: String,
+}
+
+impl CipDecision {
+    /// True unless the message must be refused.
+    #[inline]
+    pub fn forward(&self) -> bool {
+        self.verdict != Verdict::Deny
+    }
+}

@@ -1,0 +1,535 @@
+//! Decision stage for CIP (docs/cip-engine.md sections 5, 6 and 8): one message router request, or one
+//! encapsulation message with its session's connection table, in; one [`CipDecision`] out.
+//!
+//! ```text
+//!  message --flatten--> leaves --malformed pass (every leaf)--> policy pass (leaf by leaf, wire order)
+//!                                                                route -> service -> target -> bucket
+//!  SendRRData   -> the unconnected message; an allowed Forward Open is recorded in the session
+//!  SendUnitData -> the connection's route prefix + the connected message
+//! ```
+//!
+//! The malformed pass runs over every leaf before the policy sees any, so a message with a malformed
+//! leaf is refused in both modes even when an earlier leaf is only a would-be denial.
+
+use super::cip::{CipDecision, CipReason, CompiledCipEntry, Target};
+use super::{Engine, Mode, Verdict};
+use crate::enip::{
+    flatten, parse_forward_close, parse_forward_open, parse_forward_open_reply, parse_frame, parse_request,
+    parse_response, parse_unconnected_send, reply_matches, Address, Anomalies, Body, CipError, Command,
+    ConnectionTable, Leaf, Payload, Port, Request, Service, TableError, TagPart, MAX_DEPTH,
+};
+
+/// General status 0x01: connection failure.
+const CONNECTION_FAILURE: u8 = 0x01;
+/// General status 0x02: resource unavailable (rate).
+const RESOURCE_UNAVAILABLE: u8 = 0x02;
+/// General status 0x04: path segment error.
+const PATH_SEGMENT_ERROR: u8 = 0x04;
+/// General status 0x08: service not supported.
+const SERVICE_NOT_SUPPORTED: u8 = 0x08;
+/// General status 0x0F: privilege violation.
+const PRIVILEGE_VIOLATION: u8 = 0x0F;
+/// General status 0x13: not enough data.
+const NOT_ENOUGH_DATA: u8 = 0x13;
+/// Encapsulation status 0x0001: invalid or unsupported command.
+const ENCAP_INVALID_COMMAND: u32 = 0x0001;
+/// Encapsulation status 0x0003: incorrect data.
+const ENCAP_INCORRECT_DATA: u32 = 0x0003;
+
+/// Path anomalies that would let the device read a path differently from the policy.
+const BAD_PATH: [Anomalies; 4] =
+    [Anomalies::NONZERO_PAD, Anomalies::MIXED_ADDRESSING, Anomalies::DATA_SEGMENT, Anomalies::NETWORK_SEGMENT];
+
+/// The connection fields of a leaf: `Ok(Some(transport class))` for a (Large) Forward Open whose data
+/// reads, `Ok(None)` for every other leaf and a readable Forward Close, the data's error otherwise.
+pub fn leaf_connection(req: &Request<'_>) -> Result<Option<u8>, CipError> {
+    match req.service {
+        Service::ForwardOpen | Service::LargeForwardOpen => {
+            let fo = parse_forward_open(req.data, req.service == Service::LargeForwardOpen)?;
+            Ok(Some(fo.transport_class()))
+        }
+        Service::ForwardClose => parse_forward_close(req.data).map(|_| None),
+        _ => Ok(None),
+    }
+}
+
+/// The request a chain of Unconnected Sends delivers (or the message itself when it is none), and the
+/// hops the chain adds, outermost first.
+fn delivered(msg: &[u8]) -> Option<(Request<'_>, Vec<Port>)> {
+    let mut hops = Vec::new();
+    let mut msg = msg;
+    for _ in 0..=MAX_DEPTH {
+        let r = parse_request(msg).ok()?;
+        if r.service != Service::UnconnectedSend {
+            return Some((r, hops));
+        }
+        let us = parse_unconnected_send(r.data).ok()?;
+        hops.extend(us.route);
+        msg = us.message;
+    }
+    None
+}
+
+/// Why a leaf is malformed (step 2), as a kind name and the general status to answer.
+fn leaf_malformed(leaf: &Leaf<'_>) -> Option<(&'static str, u8)> {
+    let req = &leaf.request;
+    if BAD_PATH.iter().any(|a| req.anomalies.contains(*a)) {
+        return Some(("bad_path", PATH_SEGMENT_ERROR));
+    }
+    let tag_service = matches!(
+        req.service,
+        Service::ReadTag
+            | Service::ReadTagFragmented
+            | Service::WriteTag
+            | Service::WriteTagFragmented
+            | Service::ReadModifyWriteTag
+    );
+    if tag_service && req.anomalies.contains(Anomalies::SHORT_DATA) {
+        return Some(("short_data", NOT_ENOUGH_DATA));
+    }
+    match leaf_connection(req) {
+        Err(e) => Some((e.name(), e.general_status())),
+        // Implicit (class 0/1) I/O never crosses the conduit.
+        Ok(Some(0 | 1)) => Some(("io_connection", SERVICE_NOT_SUPPORTED)),
+        Ok(_) => None,
+    }
+}
+
+/// One hop as section 4 writes it: a one-byte link in decimal, a longer printable one as its text.
+fn hop_text(s: &mut String, p: &Port) {
+    use std::fmt::Write;
+    let _ = write!(s, "{},", p.port);
+    let printable = p.link.iter().all(|c| c.is_ascii_graphic() && *c != b',' && *c != b'/');
+    match p.link.as_slice() {
+        [one] => {
+            let _ = write!(s, "{one}");
+        }
+        link if printable => s.extend(link.iter().map(|&c| c as char)),
+        link => {
+            s.push_str("0x");
+            for b in link {
+                let _ = write!(s, "{b:02x}");
+            }
+        }
+    }
+}
+
+/// Route text (section 4 syntax) of hops, in order.
+pub fn route_text<'a>(hops: impl IntoIterator<Item = &'a Port>) -> String {
+    let mut s = String::new();
+    for (i, p) in hops.into_iter().enumerate() {
+        if i > 0 {
+            s.push('/');
+        }
+        hop_text(&mut s, p);
+    }
+    s
+}
+
+/// Audit text of a request's target: the tag name, `class 0x01 instance 1 attribute 7`, or "".
+pub fn target_text(req: &Request<'_>) -> String {
+    use std::fmt::Write;
+    let p = &req.path;
+    if let Some(t) = &p.tag {
+        return t.text();
+    }
+    let mut s = String::new();
+    if let Some(c) = p.class {
+        let _ = write!(s, "class 0x{c:02X}");
+        if let Some(i) = p.instance {
+            let _ = write!(s, " instance {i}");
+        }
+        if let Some(a) = p.attribute {
+            let _ = write!(s, " attribute {a}");
+        }
+    }
+    s
+}
+
+fn in_ranges(ranges: &Option<Vec<(u32, u32)>>, v: Option<u32>) -> bool {
+    match ranges {
+        None => true,
+        Some(list) => v.is_some_and(|v| list.iter().any(|(lo, hi)| *lo <= v && v <= *hi)),
+    }
+}
+
+/// A leaf ready for the policy pass.
+struct View<'l, 'a> {
+    leaf: &'l Leaf<'a>,
+    prefix: &'l [Port],
+    /// The tag's parts with lower-cased names.
+    tag: Option<Vec<TagPart>>,
+}
+
+impl<'l, 'a> View<'l, 'a> {
+    fn new(leaf: &'l Leaf<'a>, prefix: &'l [Port]) -> Self {
+        let tag = leaf.request.path.tag.as_ref().map(|t| {
+            t.parts
+                .iter()
+                .map(|p| TagPart { name: p.name.to_ascii_lowercase(), elements: p.elements.clone() })
+                .collect()
+        });
+        View { leaf, prefix, tag }
+    }
+
+    fn hops(&self) -> impl Iterator<Item = &'l Port> {
+        self.prefix.iter().chain(&self.leaf.route).chain(&self.leaf.request.path.route)
+    }
+
+    fn hop_count(&self) -> usize {
+        self.prefix.len() + self.leaf.route.len() + self.leaf.request.path.route.len()
+    }
+
+    /// Depth at which the leaf fails `entry` (1 route, 2 service, 3 target), 0 when it passes.
+    fn depth(&self, entry: &CompiledCipEntry) -> u8 {
+        if let Some(routes) = &entry.routes {
+            let n = self.hop_count();
+            let same = |r: &super::cip::Route| {
+                r.len() == n && r.iter().zip(self.hops()).all(|((port, link), h)| *port == h.port && *link == h.link)
+            };
+            if !routes.iter().any(same) {
+                return 1;
+            }
+        }
+        let req = &self.leaf.request;
+        if !entry.services.contains(req.service) {
+            return 2;
+        }
+        let ok = match &entry.target {
+            Target::Any => true,
+            Target::Tags(patterns) => {
+                self.tag.as_ref().is_some_and(|t| patterns.iter().any(|p| p.matches(t, req.elements)))
+            }
+            Target::Logical { classes, instances, attributes } => {
+                let p = &req.path;
+                p.tag.is_none()
+                    && p.class.is_some()
+                    && in_ranges(classes, p.class)
+                    && in_ranges(instances, p.instance)
+                    && in_ranges(attributes, p.attribute)
+            }
+        };
+        if ok {
+            0
+        } else {
+            3
+        }
+    }
+}
+
+/// The connection table of one client session (docs/cip-engine.md section 6).
+#[derive(Debug, Default)]
+pub struct EnipSession {
+    table: ConnectionTable,
+}
+
+impl EnipSession {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Pending and open connections.
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn table(&self) -> &ConnectionTable {
+        &self.table
+    }
+
+    /// Checks that `reply` answers `request` (both whole encapsulation messages) and applies a Forward
+    /// Open reply or a Forward Close to the table. False when the reply answers nothing, or claims a
+    /// Forward Open succeeded without ids that read (the pending connection is then forgotten).
+    pub fn observe_reply(&mut self, request: &[u8], reply: &[u8]) -> bool {
+        if reply_matches(request, reply, &self.table).is_err() {
+            return false;
+        }
+        let (Ok(q), Ok(a)) = (parse_frame(request), parse_frame(reply)) else { return false };
+        if q.command != Some(Command::SendRrData) {
+            return true;
+        }
+        let (Body::SendData(qd), Body::SendData(ad)) = (q.body, a.body) else { return true };
+        let (Some(Payload::Unconnected(qm)), Some(Payload::Unconnected(am))) = (qd.cpf.payload(), ad.cpf.payload())
+        else {
+            return true;
+        };
+        let (Some((req, _)), Ok(rep)) = (delivered(qm), parse_response(am)) else { return true };
+        // A router that could not deliver an Unconnected Send answers for it (0x52 | 0x80).
+        let delivered_ok = rep.general_status == 0 && rep.code == req.code;
+        match req.service {
+            Service::ForwardOpen | Service::LargeForwardOpen => {
+                let Ok(fo) = parse_forward_open(req.data, req.service == Service::LargeForwardOpen) else {
+                    return true;
+                };
+                if !delivered_ok {
+                    self.table.open_refused(&fo.triad);
+                    return true;
+                }
+                match parse_forward_open_reply(rep.data) {
+                    Ok(r) if r.triad == fo.triad => {
+                        self.table.open_replied(&r);
+                        true
+                    }
+                    _ => {
+                        self.table.open_refused(&fo.triad);
+                        false
+                    }
+                }
+            }
+            Service::ForwardClose => {
+                if delivered_ok {
+                    if let Ok(fc) = parse_forward_close(req.data) {
+                        self.table.close(&fc.triad);
+                    }
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+impl Engine {
+    fn cip_decision(&self, service: u8) -> CipDecision {
+        CipDecision {
+            verdict: Verdict::Allow,
+            reason: CipReason::Allowed,
+            rule: None,
+            malformed: None,
+            general_status: None,
+            encap_status: None,
+            command: 0,
+            service,
+            leaves: 0,
+            denied_leaf: None,
+            target: String::new(),
+            route: String::new(),
+        }
+    }
+
+    /// Sets a policy refusal (or an unknown principal) on `d`, as the mode says.
+    fn cip_refuse(&self, d: &mut CipDecision, reason: CipReason, rule: Option<u32>) {
+        d.reason = reason;
+        d.rule = rule;
+        if self.mode == Mode::Monitor && reason != CipReason::UnknownPrincipal {
+            d.verdict = Verdict::WouldDeny;
+            return;
+        }
+        d.verdict = Verdict::Deny;
+        d.general_status = Some(match reason {
+            CipReason::RateExceeded => RESOURCE_UNAVAILABLE,
+            _ => PRIVILEGE_VIOLATION,
+        });
+    }
+
+    fn cip_malformed(d: &mut CipDecision, kind: &'static str, status: u8) {
+        d.verdict = Verdict::Deny;
+        d.reason = CipReason::Malformed;
+        d.rule = None;
+        d.malformed = Some(kind);
+        d.general_status = Some(status);
+    }
+
+    fn encap_refuse(d: &mut CipDecision, reason: CipReason, kind: Option<&'static str>, status: u32) {
+        d.verdict = Verdict::Deny;
+        d.reason = reason;
+        d.malformed = kind;
+        d.encap_status = Some(status);
+    }
+
+    /// Decides one message router request for `principal` talking to `device` (IR indices). `prefix`
+    /// is the route of the connection a connected request travels on (empty for unconnected ones).
+    pub fn decide_cip(&self, principal: u32, device: u32, msg: &[u8], prefix: &[Port], now_ns: u64) -> CipDecision {
+        let mut d = self.cip_decision(msg.first().copied().unwrap_or(0));
+        if principal as usize >= self.principals.len() {
+            self.cip_refuse(&mut d, CipReason::UnknownPrincipal, None);
+            return d;
+        }
+        let leaves = match flatten(msg) {
+            Ok(l) => l,
+            Err(e) => {
+                Self::cip_malformed(&mut d, e.name(), e.general_status());
+                return d;
+            }
+        };
+        let describe = |d: &mut CipDecision, i: usize, leaf: &Leaf<'_>| {
+            d.denied_leaf = Some(i as u32);
+            d.target = target_text(&leaf.request);
+            d.route = route_text(prefix.iter().chain(&leaf.route).chain(&leaf.request.path.route));
+        };
+        for (i, leaf) in leaves.iter().enumerate() {
+            if let Some((kind, status)) = leaf_malformed(leaf) {
+                Self::cip_malformed(&mut d, kind, status);
+                describe(&mut d, i, leaf);
+                return d;
+            }
+        }
+        let candidates = self.cip.candidates(principal, device);
+        let mut first_rule = None;
+        for (i, leaf) in leaves.iter().enumerate() {
+            d.leaves = i as u32 + 1;
+            let view = View::new(leaf, prefix);
+            match self.decide_leaf(candidates, &view, now_ns) {
+                Ok(rule) => {
+                    first_rule.get_or_insert(rule);
+                }
+                Err((reason, rule)) => {
+                    self.cip_refuse(&mut d, reason, rule);
+                    describe(&mut d, i, leaf);
+                    return d;
+                }
+            }
+        }
+        d.rule = first_rule;
+        if let Some(leaf) = leaves.first() {
+            d.target = target_text(&leaf.request);
+            d.route = route_text(prefix.iter().chain(&leaf.route).chain(&leaf.request.path.route));
+        }
+        d
+    }
+
+    /// Step 3 for one leaf: the matching entry's rule, or the refusal and the rule it names.
+    fn decide_leaf(
+        &self,
+        candidates: &[super::cip::CipCandidate],
+        view: &View<'_, '_>,
+        now_ns: u64,
+    ) -> Result<u32, (CipReason, Option<u32>)> {
+        if candidates.is_empty() {
+            return Err((CipReason::NoMatchingRule, None));
+        }
+        let (mut best_depth, mut best_rule) = (0u8, None);
+        for c in candidates {
+            for entry in c.entries.of(&self.cip.entries) {
+                let depth = view.depth(entry);
+                if depth == 0 {
+                    if let Some((spec, ordinal)) = &entry.rate {
+                        let slot = c.slot as usize + *ordinal as usize;
+                        if !self.cip.buckets.charge(slot, spec, now_ns) {
+                            return Err((CipReason::RateExceeded, Some(c.rule)));
+                        }
+                    }
+                    return Ok(c.rule);
+                }
+                if depth > best_depth {
+                    best_depth = depth;
+                    best_rule = Some(c.rule);
+                }
+            }
+        }
+        Err((CipReason::from_depth(best_depth), best_rule))
+    }
+
+    /// Decides one encapsulation message from a client whose connections `session` tracks.
+    pub fn decide_enip(
+        &self,
+        principal: u32,
+        device: u32,
+        session: &mut EnipSession,
+        frame: &[u8],
+        now_ns: u64,
+    ) -> CipDecision {
+        let command = match frame {
+            [a, b, ..] => u16::from_le_bytes([*a, *b]),
+            _ => 0,
+        };
+        let mut d = self.cip_decision(0);
+        d.command = command;
+        if principal as usize >= self.principals.len() {
+            self.cip_refuse(&mut d, CipReason::UnknownPrincipal, None);
+            return d;
+        }
+        let f = match parse_frame(frame) {
+            Ok(f) => f,
+            Err(e) => {
+                Self::encap_refuse(&mut d, CipReason::Malformed, Some(e.name()), ENCAP_INCORRECT_DATA);
+                return d;
+            }
+        };
+        let sd = match (f.command, f.body) {
+            (
+                Some(
+                    Command::Nop
+                    | Command::RegisterSession
+                    | Command::UnRegisterSession
+                    | Command::ListIdentity
+                    | Command::ListServices
+                    | Command::ListInterfaces,
+                ),
+                _,
+            ) => return d,
+            (Some(Command::SendRrData | Command::SendUnitData), Body::SendData(sd)) => sd,
+            _ => {
+                Self::encap_refuse(&mut d, CipReason::CommandNotAllowed, None, ENCAP_INVALID_COMMAND);
+                return d;
+            }
+        };
+        let items = sd.cpf.items();
+        let two = items.len() == 2;
+        let bad_items = |d: &mut CipDecision| {
+            Self::encap_refuse(d, CipReason::Malformed, Some("cpf_bad_items"), ENCAP_INCORRECT_DATA);
+        };
+        if f.command == Some(Command::SendRrData) {
+            let (Some(Address::Null), Some(Payload::Unconnected(msg))) = (sd.cpf.address(), sd.cpf.payload()) else {
+                bad_items(&mut d);
+                return d;
+            };
+            if !two {
+                bad_items(&mut d);
+                return d;
+            }
+            let mut out = self.decide_cip(principal, device, msg, &[], now_ns);
+            out.command = command;
+            if out.forward() {
+                self.record_forward_open(&mut out, session, msg);
+            }
+            return out;
+        }
+        match (sd.cpf.address(), sd.cpf.payload()) {
+            (Some(Address::Connected { connection_id }), Some(Payload::Connected { sequence, message })) if two => {
+                let prefix = match session.table.connected_request(connection_id, sequence) {
+                    Ok(a) => a.connection.path.route.clone(),
+                    Err(_) => {
+                        Self::cip_malformed(&mut d, "unknown_connection", CONNECTION_FAILURE);
+                        d.service = message.first().copied().unwrap_or(0);
+                        return d;
+                    }
+                };
+                let mut out = self.decide_cip(principal, device, message, &prefix, now_ns);
+                out.command = command;
+                out
+            }
+            (Some(Address::Sequenced { .. }), _) => {
+                Self::encap_refuse(&mut d, CipReason::Malformed, Some("io_connection"), ENCAP_INCORRECT_DATA);
+                d
+            }
+            _ => {
+                bad_items(&mut d);
+                d
+            }
+        }
+    }
+
+    /// A forwarded Forward Open that is the whole message, or all an Unconnected Send chain delivers,
+    /// goes into the table with the chain's hops ahead of its connection path's ports; one the table
+    /// cannot hold is refused in both modes, since connected requests on it could not be attributed.
+    fn record_forward_open(&self, d: &mut CipDecision, session: &mut EnipSession, msg: &[u8]) {
+        let Some((req, hops)) = delivered(msg) else { return };
+        let large = match req.service {
+            Service::ForwardOpen => false,
+            Service::LargeForwardOpen => true,
+            _ => return,
+        };
+        let Ok(mut fo) = parse_forward_open(req.data, large) else { return };
+        if !hops.is_empty() {
+            fo.path.route = hops.into_iter().chain(fo.path.route).collect();
+        }
+        let refused = match session.table.open_requested(&fo) {
+            Ok(()) => return,
+            Err(TableError::DuplicateTriad) => "duplicate_connection",
+            Err(_) => "too_many_connections",
+        };
+        Self::cip_malformed(d, refused, CONNECTION_FAILURE);
+        d.denied_leaf = Some(0);
+    }
+}
