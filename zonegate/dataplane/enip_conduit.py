@@ -36,6 +36,7 @@ from zonegate.engine import REASONS, VERDICTS, UNKNOWN_INDEX
 
 if TYPE_CHECKING:
     from zonegate.dataplane.conduit import Conduit
+    from zonegate.dataplane.listener import ClientConnection
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,10 @@ class EnipConduit:
     @property
     def settings(self) -> RuntimeSettings:
         return self.core.settings
+
+    def flush_later(self, client: ClientConnection) -> None:
+        """Write `client`'s replies in the Modbus conduit's end-of-pass flush: one callback for all clients."""
+        self.core.flush_later(client)
 
     async def start(self) -> None:
         for listener_settings in self.settings.enip_listeners:
