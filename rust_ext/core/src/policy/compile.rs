@@ -4,6 +4,7 @@
 //! (`rules[2].allow[0].ranges.holding_registers[1]: start 200 > end 100`). The loader should never
 //! produce such an IR; these checks keep a bad one from ever reaching the data plane.
 
+use super::cover::{Covers, Fallback};
 use super::ir::{AddressRange, Entry, Ir, Rule};
 use super::rate::{Buckets, RateSpec};
 use super::{
@@ -291,6 +292,7 @@ impl Engine {
         let mut items: Vec<Item> = Vec::new();
         let mut index: Vec<(u64, Pair)> = Vec::new();
         let mut filed: Vec<(u32, Item)> = Vec::new();
+        let mut fallback: Vec<Fallback> = Vec::new();
         let mut i = 0;
         while i < pairs.len() {
             let pk = pairs[i].0;
@@ -312,6 +314,21 @@ impl Engine {
                 candidates.push(c);
                 j += 1;
             }
+            let pair_units = device_units[(pk & 0xFFFF_FFFF) as usize];
+            let mut fb = Fallback { first: u32::MAX, same_units: true };
+            let mut first_units = None;
+            for c in &candidates[i..j] {
+                let rule = &rules[c.rule as usize];
+                if rule.entries.len == 0 {
+                    continue;
+                }
+                let u = rule.units.or(pair_units);
+                match first_units {
+                    None => (fb.first, first_units) = (c.rule, Some(u)),
+                    Some(f) => fb.same_units &= f == u,
+                }
+            }
+            fallback.resize(candidates.len(), fb);
             filed.sort_by_key(|(k, _)| *k);
             // An entry that repeats an earlier one of the same key (same units, same checks) can
             // never decide: the earlier one matches first or fails as deep and wins the tie.
@@ -343,6 +360,8 @@ impl Engine {
             index.push((pk, pair));
             i = j;
         }
+        let covers = Covers::build(&keys, &items, &b.entries, &b.merged, &classes, fallback)
+            .ok_or_else(|| invalid("rules", "too many address ranges"))?;
         let index = if np.saturating_mul(nd) <= DENSE_PAIRS {
             let mut dense = vec![Pair::default(); np * nd];
             for (k, p) in index {
@@ -366,6 +385,7 @@ impl Engine {
             keys,
             items,
             index,
+            covers,
             buckets: Buckets::new(slots as usize),
             cip: super::cip::CipPolicy::compile(ir)?,
         })

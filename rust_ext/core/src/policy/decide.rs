@@ -2,9 +2,12 @@
 //!
 //! Candidate rules for the (principal, device) pair are precomputed; each allow entry is checked
 //! unit -> function -> addresses -> quantity -> values, the first entry passing all of them decides
-//! (after its rate bucket), otherwise the deepest failure does. Nothing here allocates.
+//! (after its rate bucket), otherwise the deepest failure does. The entries listing the request's
+//! function key are found by index, and which of them cover its addresses by one lookup (`cover`),
+//! so only those covering entries are checked further. Nothing here allocates.
 
-use super::{CompiledEntry, CompiledRule, Engine, Mode, UnitSet};
+use super::cover::{KeyCover, WALK};
+use super::{CompiledEntry, CompiledRule, Engine, Item, Mode, Pair, UnitSet};
 use crate::modbus::frame::{Frames, Split};
 use crate::modbus::functions::{ExceptionCode, Malformed, Table};
 use crate::modbus::request::{parse_request, Request};
@@ -175,26 +178,38 @@ impl Engine {
                 return 3;
             }
         }
+        self.depth_past_addresses(entry, req)
+    }
+
+    /// Depth at which `req`, whose addresses `entry` covers, fails it (4 or 5), or 0.
+    #[inline(always)]
+    fn depth_past_addresses(&self, entry: &CompiledEntry, req: &Request<'_>) -> u8 {
         if req.quantity > entry.max_quantity {
             return 4;
         }
-        if entry.bounded != 0 {
-            if let Some((start, words)) = req.register_writes() {
-                return self.register_bounds(entry, start, words);
+        if entry.bounded == 0 {
+            return 0;
+        }
+        self.value_depth(entry, req)
+    }
+
+    /// 5 when a value `req` writes lies outside the bounds of `entry`'s range that holds it, else 0.
+    fn value_depth(&self, entry: &CompiledEntry, req: &Request<'_>) -> u8 {
+        if let Some((start, words)) = req.register_writes() {
+            return self.register_bounds(entry, start, words);
+        }
+        for v in req.values() {
+            let t = v.table as usize;
+            if entry.bounded >> t & 1 == 0 {
+                continue;
             }
-            for v in req.values() {
-                let t = v.table as usize;
-                if entry.bounded >> t & 1 == 0 {
-                    continue;
-                }
-                let ranges = entry.ranges[t].of(&self.ranges);
-                let Some(r) = find(ranges, v.address, |r| (r.start, r.end)) else { return 5 };
-                let Some((lo, hi)) = r.bounds else { continue };
-                let Some(raw) = v.value else { return 5 };
-                let x = if r.signed { raw as i16 as i64 } else { raw as i64 };
-                if x < lo || x > hi {
-                    return 5;
-                }
+            let ranges = entry.ranges[t].of(&self.ranges);
+            let Some(r) = find(ranges, v.address, |r| (r.start, r.end)) else { return 5 };
+            let Some((lo, hi)) = r.bounds else { continue };
+            let Some(raw) = v.value else { return 5 };
+            let x = if r.signed { raw as i16 as i64 } else { raw as i64 };
+            if x < lo || x > hi {
+                return 5;
             }
         }
         0
@@ -259,6 +274,7 @@ impl Engine {
     }
 
     /// Decides an already parsed, well-formed request (steps 2b-5 of section 4).
+    #[inline]
     pub fn decide_request(&self, principal: u32, device: u32, req: &Request<'_>, now_ns: u64) -> Decision {
         if principal as usize >= self.principals.len() {
             return self.refuse_request(Reason::UnknownPrincipal, None, req);
@@ -270,60 +286,132 @@ impl Engine {
         if pair.rules.len == 0 {
             return self.refuse_request(Reason::NoMatchingRule, None, req);
         }
-        let device_units = self.device_units.get(device as usize).copied().flatten();
-        // Entries listing the request's function key, in (rule, entry) order: the only ones that
-        // can match or fail deeper than depth 2.
-        let mut best_depth = 0u8;
-        let mut best_rule = 0u32;
-        for item in self.items_for(pair, req.function, req.sub) {
-            if item.units.is_some_and(|u| !u.contains(req.unit)) {
-                continue;
+        if let Some(slot) = self.key_slot(pair, req.function, req.sub) {
+            let items = self.keys[slot].1.of(&self.items);
+            let kc = self.covers.by_key[slot];
+            let decided = if kc.cover == WALK {
+                self.walk_items(items, req, now_ns)
+            } else {
+                self.pick_items(items, kc, req, now_ns)
+            };
+            if let Some(d) = decided {
+                return d;
             }
-            let entry = &self.entries[item.entry as usize];
-            let depth = self.entry_depth(entry, req);
-            if depth == 0 {
-                if let Some((spec, _)) = &entry.rate {
-                    if !self.buckets.charge(item.slot as usize, spec, now_ns) {
-                        return self.refuse_request(Reason::RateExceeded, Some(item.rule), req);
-                    }
+        }
+        self.refuse_before_addresses(pair, device, req)
+    }
+
+    /// Steps 4-5 over the candidate entries listing the request's key (in (rule, entry) order:
+    /// the only ones that can match or fail deeper than depth 2), using their coverage index.
+    /// `None` when no entry passes the unit check.
+    #[inline]
+    fn pick_items(&self, items: &[Item], kc: KeyCover, req: &Request<'_>, now_ns: u64) -> Option<Decision> {
+        let all = u64::MAX >> (64 - items.len());
+        let units = if kc.same_units {
+            if items[0].units.is_some_and(|u| !u.contains(req.unit)) {
+                return None;
+            }
+            all
+        } else {
+            let mut m = 0u64;
+            for (i, item) in items.iter().enumerate() {
+                if item.units.is_none_or(|u| u.contains(req.unit)) {
+                    m |= 1 << i;
                 }
-                return Decision {
-                    verdict: Verdict::Allow,
-                    reason: Reason::Allowed,
-                    malformed: None,
-                    rule: Some(item.rule),
-                    exception: None,
-                    function: req.function,
-                    sub: req.sub,
-                    unit: req.unit,
-                };
+            }
+            if m == 0 {
+                return None;
+            }
+            m
+        };
+        let mut left = units & self.covers.covering(kc.cover, req);
+        if left == 0 {
+            // Every entry that got past the units failed the address check: the first one decides.
+            let first = &items[units.trailing_zeros() as usize];
+            return Some(self.refuse_request(Reason::AddressOutOfRange, Some(first.rule), req));
+        }
+        // Entries covering the addresses fail deeper than any that do not, so only they compete.
+        let (mut best_depth, mut best_rule) = (0u8, 0u32);
+        while left != 0 {
+            let item = &items[left.trailing_zeros() as usize];
+            left &= left - 1;
+            let entry = &self.entries[item.entry as usize];
+            let depth = self.depth_past_addresses(entry, req);
+            if depth == 0 {
+                return Some(self.admit(item, entry, req, now_ns));
             }
             if depth > best_depth {
                 best_depth = depth;
                 best_rule = item.rule;
             }
         }
-        if best_depth > 0 {
-            return self.refuse_request(Reason::from_depth(best_depth), Some(best_rule), req);
-        }
-        // Nothing got past the function check: the first rule (with entries) whose units allow the
-        // request failed at depth 2; if there is none, the first rule with entries failed at depth 1.
-        let mut first_with_entries = None;
-        for c in pair.rules.of(&self.candidates) {
-            let rule = &self.rules[c.rule as usize];
-            if rule.entries.len == 0 {
+        Some(self.refuse_request(Reason::from_depth(best_depth), Some(best_rule), req))
+    }
+
+    /// [`Engine::pick_items`] for keys with too many items for a mask: every entry in turn.
+    fn walk_items(&self, items: &[Item], req: &Request<'_>, now_ns: u64) -> Option<Decision> {
+        let (mut best_depth, mut best_rule) = (0u8, 0u32);
+        for item in items {
+            if item.units.is_some_and(|u| !u.contains(req.unit)) {
                 continue;
             }
-            if self.unit_ok(rule, device_units, req.unit) {
+            let entry = &self.entries[item.entry as usize];
+            let depth = self.entry_depth(entry, req);
+            if depth == 0 {
+                return Some(self.admit(item, entry, req, now_ns));
+            }
+            if depth > best_depth {
+                best_depth = depth;
+                best_rule = item.rule;
+            }
+        }
+        (best_depth > 0).then(|| self.refuse_request(Reason::from_depth(best_depth), Some(best_rule), req))
+    }
+
+    /// The entry of `item` matched: its rate bucket, if any, has the last word.
+    #[inline]
+    fn admit(&self, item: &Item, entry: &CompiledEntry, req: &Request<'_>, now_ns: u64) -> Decision {
+        if let Some((spec, _)) = &entry.rate {
+            if !self.buckets.charge(item.slot as usize, spec, now_ns) {
+                return self.refuse_request(Reason::RateExceeded, Some(item.rule), req);
+            }
+        }
+        Decision {
+            verdict: Verdict::Allow,
+            reason: Reason::Allowed,
+            malformed: None,
+            rule: Some(item.rule),
+            exception: None,
+            function: req.function,
+            sub: req.sub,
+            unit: req.unit,
+        }
+    }
+
+    /// Nothing got past the function check: the first rule (with entries) whose units allow the
+    /// request failed at depth 2; if there is none, the first rule with entries failed at depth 1.
+    fn refuse_before_addresses(&self, pair: &Pair, device: u32, req: &Request<'_>) -> Decision {
+        let device_units = self.device_units.get(device as usize).copied().flatten();
+        let fb = self.covers.fallback[pair.rules.off as usize];
+        if fb.first == u32::MAX {
+            // Every candidate rule has an empty allow list: nothing could match.
+            return self.refuse_request(Reason::NoMatchingRule, None, req);
+        }
+        if fb.same_units {
+            let reason = if self.unit_ok(&self.rules[fb.first as usize], device_units, req.unit) {
+                Reason::FunctionNotAllowed
+            } else {
+                Reason::UnitNotAllowed
+            };
+            return self.refuse_request(reason, Some(fb.first), req);
+        }
+        for c in pair.rules.of(&self.candidates) {
+            let rule = &self.rules[c.rule as usize];
+            if rule.entries.len != 0 && self.unit_ok(rule, device_units, req.unit) {
                 return self.refuse_request(Reason::FunctionNotAllowed, Some(c.rule), req);
             }
-            first_with_entries.get_or_insert(c.rule);
         }
-        match first_with_entries {
-            Some(rule) => self.refuse_request(Reason::UnitNotAllowed, Some(rule), req),
-            // Every candidate rule has an empty allow list: nothing could match.
-            None => self.refuse_request(Reason::NoMatchingRule, None, req),
-        }
+        self.refuse_request(Reason::UnitNotAllowed, Some(fb.first), req)
     }
 
     /// The same decision as [`Engine::decide`], found by walking every entry of every candidate

@@ -8,6 +8,7 @@ pub mod cip;
 mod cip_decide;
 mod cip_tags;
 pub mod compile;
+mod cover;
 pub mod decide;
 pub mod ir;
 pub mod rate;
@@ -181,6 +182,8 @@ pub struct Engine {
     pub(crate) keys: Vec<(u32, Span)>,
     pub(crate) items: Vec<Item>,
     pub(crate) index: PairIndex,
+    /// Which candidate entries cover an address range, per `keys` slot (see `cover`).
+    pub(crate) covers: cover::Covers,
     pub(crate) buckets: Buckets,
     /// The CIP half of the policy, with its own buckets.
     pub(crate) cip: cip::CipPolicy,
@@ -237,24 +240,22 @@ impl Engine {
         }
     }
 
-    /// Candidate entries of `pair` listing function key `(fc, sub)`.
+    /// Slot in `keys` of function key `(fc, sub)` among `pair`'s keys: its span of `items` holds
+    /// the candidate entries listing that key.
     #[inline]
-    pub(crate) fn items_for(&self, pair: &Pair, fc: u8, sub: Option<u16>) -> &[Item] {
+    pub(crate) fn key_slot(&self, pair: &Pair, fc: u8, sub: Option<u16>) -> Option<usize> {
         let keys = pair.keys.of(&self.keys);
         if sub.is_none() {
             let (word, bit) = ((fc >> 6) as usize, fc & 63);
             if pair.plain[word] >> bit & 1 == 0 {
-                return &[];
+                return None;
             }
             let below = (pair.plain[word] & ((1u64 << bit) - 1)).count_ones()
                 + pair.plain[..word].iter().map(|w| w.count_ones()).sum::<u32>();
-            return keys[below as usize].1.of(&self.items);
+            return Some(pair.keys.off as usize + below as usize);
         }
         let k = key(fc, sub);
-        match keys.binary_search_by_key(&k, |(key, _)| *key) {
-            Ok(i) => keys[i].1.of(&self.items),
-            Err(_) => &[],
-        }
+        keys.binary_search_by_key(&k, |(key, _)| *key).ok().map(|i| pair.keys.off as usize + i)
     }
 }
 
