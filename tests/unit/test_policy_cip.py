@@ -376,8 +376,8 @@ def test_tags_on_an_enip_only_device_are_an_error(tmp_path: Path, monkeypatch: p
     )
     text = text.replace("  operator: {tls_role: Operator}\n", "  operator: {tls_role: Operator}\n  poller: {gateway: true}\n")
     got = issues_of(tmp_path, text, monkeypatch)
-    assert "x.yaml:18:3: tags.press: device 'press' has no modbus section: tags are Modbus values, read and " \
-           "written over Modbus/TCP" in got
+    assert "x.yaml:19:21: tags.press[0].table: device 'press' has no modbus section: table/address tags are " \
+           "Modbus values; name a Logix tag with cip_tag instead" in got
 
 
 def test_enip_host_as_a_name_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -189,7 +189,7 @@ TAG_ERRORS = {
     "unknown type": (
         policy_with("    - {name: S, table: holding, address: 0, type: uint8}\n"),
         [("x.yaml:27:45: tags.plc[0].type: expected 'bool', 'int16', 'uint16', 'int32', 'uint32', 'float32', "
-         "'float64', 'int64', 'uint64' or 'string', not 'uint8'")],
+         "'float64', 'int64', 'uint64', 'string', 'sint', 'int', 'dint', 'lint', 'real' or 'lreal', not 'uint8'")],
     ),
     "unknown table": (
         policy_with("    - {name: S, table: holdings, address: 0, type: int16}\n"),
@@ -197,7 +197,7 @@ TAG_ERRORS = {
     ),
     "unknown key": (
         policy_with("    - {name: S, table: holding, address: 0, type: int16, scan_class: fast}\n"),
-        [("x.yaml:27:58: tags.plc[0].scan_class: unknown key 'scan_class'; expected one of: name, table, address, "
+        [("x.yaml:27:58: tags.plc[0].scan_class: unknown key 'scan_class'; expected one of: name, cip_tag, table, address, "
          "type, length, word_order, byte_order, scale, offset, unit, description, writable, min, max, scan, modbus_unit")],
     ),
     "max beyond the scaled type": (

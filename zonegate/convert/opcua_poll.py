@@ -5,7 +5,7 @@ limits allow (125 registers for FC 3/4, 2000 bits for FC 1/2). Each read is an o
 the engine decides it for the policy's poll principal (the gateway's own reads are declared, never
 implied) and the same upstream pool as the Modbus conduit carries it. A read that fails, is refused
 or times out turns its tags Bad at once, with the time it happened; the next good read turns them
-Good again.
+Good again. Blocks of CIP tags (table "cip") are read by name through `Poller.cip` (opcua_cip).
 
 ```
  read request ADU (FC 1-4)                 reply (FC 1-4)
@@ -108,6 +108,8 @@ def plan_reads(tags: Iterable[Tag]) -> list[ReadBlock]:
     share one read while the span stays within the function code's limit."""
     groups: dict[tuple[str, int, float, str], list[Tag]] = {}
     for tag in tags:
+        if tag.cip_tag is not None:
+            continue  # read by name over EtherNet/IP (opcua_cip.plan_cip_reads)
         groups.setdefault((tag.device, tag.modbus_unit, tag.scan, tag.table), []).append(tag)
     blocks: list[ReadBlock] = []
     for (device, unit, scan, table), members in sorted(groups.items()):
@@ -132,6 +134,12 @@ class DeviceLink(Protocol):
     """Carries one request ADU to a device and returns its reply (or a 0x0A/0x0B exception reply)."""
 
     async def exchange(self, device: str, adu: bytes, timeout: float) -> bytes: ...
+
+
+class CipBlockReader(Protocol):
+    """Reads the CIP tags of one block by name (opcua_cip.CipReader)."""
+
+    async def read(self, poller: Poller, block: ReadBlock) -> None: ...
 
 
 Publish = Callable[[Tag, object, int, float], Awaitable[None]]  # tag, value (None when Bad), status, source time
@@ -196,6 +204,7 @@ class Poller:
             self.groups.setdefault((block.device, block.scan), []).append(block)
         self.tasks: list[asyncio.Task[None]] = []
         self._tid = 0
+        self.cip: CipBlockReader | None = None  # reads the blocks of CIP tags (table "cip")
 
     def start(self) -> None:
         for (device, scan), blocks in self.groups.items():
@@ -248,6 +257,11 @@ class Poller:
 
     async def read(self, block: ReadBlock) -> None:
         """Read one block and publish its tags: values when Good, the fault's status otherwise."""
+        if block.table == "cip":
+            if self.cip is None:
+                raise RuntimeError("a CIP block without a CIP reader")
+            await self.cip.read(self, block)
+            return
         self._tid = (self._tid + 1) & 0xFFFF
         adu = block.adu(self._tid)
         decision = self.policy.decide(self.principal, block.device, adu)

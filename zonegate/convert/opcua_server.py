@@ -43,6 +43,7 @@ from asyncua.ua.ua_binary import struct_from_binary
 
 from zonegate.controlplane.audit import AuditLog
 from zonegate.convert.errors import ConverterError
+from zonegate.convert.opcua_cip import CipLink, CipReader, CipWriter, plan_cip_reads
 from zonegate.convert.opcua_link import PoolLink, PoolSource
 from zonegate.convert.opcua_pki import TrustList, first_der_certificate
 from zonegate.convert.opcua_poll import CYCLE_BUCKETS, GOOD, DeviceLink, Poller, plan_reads
@@ -56,6 +57,7 @@ from zonegate.convert.opcua_users import (
 )
 from zonegate.convert.opcua_writes import TagWriter, writers_of
 from zonegate.dataplane.config import DeviceSettings
+from zonegate.dataplane.enip_config import enip_settings
 from zonegate.engine import CompiledPolicy
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ VARIANT_TYPES: Final[Mapping[str, ua.VariantType]] = {
     "int32": ua.VariantType.Int32, "uint32": ua.VariantType.UInt32, "int64": ua.VariantType.Int64,
     "uint64": ua.VariantType.UInt64, "float32": ua.VariantType.Float, "float64": ua.VariantType.Double,
     "string": ua.VariantType.String,
+    # Logix types of CIP tags
+    "sint": ua.VariantType.SByte, "int": ua.VariantType.Int16, "dint": ua.VariantType.Int32,
+    "lint": ua.VariantType.Int64, "real": ua.VariantType.Float, "lreal": ua.VariantType.Double,
 }
 CERTIFICATE_STATUS: Final[Mapping[str, int]] = {
     "untrusted": ua.StatusCodes.BadCertificateUntrusted,
@@ -302,18 +307,23 @@ class OpcuaConverter:
     """The running converter: server, address space, poller and writer of one policy."""
 
     def __init__(self, settings: OpcuaSettings, policy: CompiledPolicy, link: DeviceLink,
-                 users: PrincipalUserManager, trust: TrustList, audit: AuditLog | None) -> None:
+                 users: PrincipalUserManager, trust: TrustList, audit: AuditLog | None,
+                 cip_link: CipLink | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.link = link
+        self.cip_link = cip_link
         self.users = users
         self.trust = trust
         self.channel_stats = ChannelStats()
         self.metrics: Any = None  # zonegate.controlplane.metrics.Metrics, when exported
         self.modes = frozenset(MODES[m] for m in settings.modes)
         self.writer = TagWriter(policy, link, audit, settings.timeout)
-        self.poller = Poller(plan_reads(settings.tags), policy, settings.poll_principal, link, self._publish,
-                             settings.timeout)
+        self.poller = Poller([*plan_reads(settings.tags), *plan_cip_reads(settings.tags)], policy,
+                             settings.poll_principal, link, self._publish, settings.timeout)
+        if cip_link is not None:
+            self.poller.cip = CipReader(cip_link)
+            self.writer.cip = CipWriter(cip_link, audit, settings.timeout)
         self.writers = {tag.name: writers_of(policy.ir, tag) for tag in settings.tags}
         self.nodes: dict[ua.NodeId, Tag] = {}
         self.node_of: dict[str, ua.NodeId] = {}
@@ -434,6 +444,8 @@ class OpcuaConverter:
             await self.server.stop()
         if isinstance(self.link, PoolLink):
             self.link.close()
+        if self.cip_link is not None:
+            self.cip_link.close()
 
     # -- address space ----------------------------------------------------------------------------------
 
@@ -528,6 +540,7 @@ async def start_opcua(
     link: DeviceLink | None = None,
     audit: AuditLog | None = None,
     metrics: Any = None,
+    cip_link: CipLink | None = None,
 ) -> OpcuaConverter:
     """Start the OPC UA converter for a loaded policy and its compiled engine; `await stop()` ends it.
 
@@ -535,6 +548,7 @@ async def start_opcua(
     else the conduit's `pools` (a mapping, or a callable returning the current one), else pools of its
     own built from `devices` (default: the policy's). With `metrics` (a `Metrics`), writes are counted in
     `zonegate_requests_total{conduit="opcua"}` and sessions, refusals, poll cycles and Bad variables exported.
+    CIP tags go through `cip_link`, by default a `CipLink` with a session of its own per EtherNet/IP device.
     """
     _check_asyncua_hooks()
     try:
@@ -558,7 +572,9 @@ async def start_opcua(
     except (OSError, ValueError) as exc:
         raise ConverterError(f"opcua: trust list {settings.cert.ca}: {exc}") from None
     users = PrincipalUserManager(passwords, principals_by_user(engine.ir), trust)
-    converter = OpcuaConverter(settings, engine, link, users, trust, audit)
+    if cip_link is None and any(tag.cip_tag is not None for tag in settings.tags):
+        cip_link = CipLink(enip_settings(policy).devices)  # the converter's own session with each device
+    converter = OpcuaConverter(settings, engine, link, users, trust, audit, cip_link)
     if metrics is not None:
         converter.metrics = metrics
         converter.writer.on_decision = lambda principal, device, fc, verdict, reason: metrics.count_named_request(

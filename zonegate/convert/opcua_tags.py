@@ -13,6 +13,8 @@ pure: registers (16-bit words, as on the wire) in, a Python value out, and back 
                                   addr    addr+1     addr    addr+1
 ```
 
+A CIP tag (`cip_tag`) names a Logix tag instead of a table and address; its codec is in opcua_cip.py.
+
 `settings_from_mapping` reads the policy's `tags:` and `opcua:` sections in their YAML shape;
 `settings_from_policy` takes them from a loaded policy.
 """
@@ -26,9 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from zonegate.controlplane.policy.tags import engineering_limits
+from zonegate.controlplane.policy.tags import CIP_TAG_NAME, engineering_limits
 
-Table = Literal["coils", "discrete_inputs", "input_registers", "holding_registers"]
+Table = Literal["coils", "discrete_inputs", "input_registers", "holding_registers", "cip"]
 Order = Literal["big", "little"]
 
 BIT_TABLES: Final = frozenset({"coils", "discrete_inputs"})
@@ -54,6 +56,10 @@ _STRUCT: Final[Mapping[str, str]] = {
 }
 INTEGER_TYPES: Final = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 TYPES: Final = frozenset(TYPE_WORDS) | {"bool", "string"}
+# Logix types of CIP tags (bool and string are shared names); "cip" is their table.
+CIP_NUMERIC_TYPES: Final = frozenset({"sint", "int", "dint", "lint", "real", "lreal"})
+CIP_TYPES: Final = CIP_NUMERIC_TYPES | {"bool", "string"}
+CIP_TABLE: Final = "cip"
 DEFAULT_SCAN: Final = 1.0
 DEFAULT_SECURITY: Final = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
 DEFAULT_MODES: Final = ("SignAndEncrypt",)  # Sign only when the policy asks; None never serves sessions
@@ -90,11 +96,12 @@ class Tag:
     max: int | float | None = None
     scan: float = DEFAULT_SCAN  # seconds between polls
     modbus_unit: int = 1
+    cip_tag: str | None = None  # a Logix tag name: read and written over EtherNet/IP, not Modbus
 
     @property
     def words(self) -> int:
-        """Addresses the tag occupies (bits for the bit tables, registers otherwise)."""
-        if self.type == "bool":
+        """Addresses the tag occupies (bits for the bit tables, registers otherwise; 1 for a CIP tag)."""
+        if self.type == "bool" or self.cip_tag is not None:
             return 1
         if self.type == "string":
             return self.length
@@ -106,11 +113,15 @@ class Tag:
 
     @property
     def scaled(self) -> bool:
-        return self.type in TYPE_WORDS and (self.scale != 1.0 or self.offset != 0.0)
+        numeric = self.type in TYPE_WORDS or (self.cip_tag is not None and self.type in CIP_NUMERIC_TYPES)
+        return numeric and (self.scale != 1.0 or self.offset != 0.0)
 
     def check(self) -> None:
         """Raise TagError when the definition cannot work (a type that does not fit its table, ...)."""
         where = f"tag {self.name!r}"
+        if self.cip_tag is not None:
+            self._check_cip(where)
+            return
         if self.type not in TYPES:
             raise TagError(f"{where}: type {self.type!r} is not one of {sorted(TYPES)}")
         if self.table in BIT_TABLES and self.type != "bool":
@@ -135,6 +146,20 @@ class Tag:
             raise TagError(f"{where}: scan must be a positive period")
         if not 0 <= self.modbus_unit <= 255:
             raise TagError(f"{where}: unit must be 0..255")
+
+    def _check_cip(self, where: str) -> None:
+        if self.type not in CIP_TYPES:
+            raise TagError(f"{where}: type {self.type!r} is not a Logix type ({', '.join(sorted(CIP_TYPES))})")
+        if not CIP_TAG_NAME.match(self.cip_tag or ""):
+            raise TagError(f"{where}: {self.cip_tag!r} is not a Logix tag name")
+        if self.type == "string" and self.writable:
+            raise TagError(f"{where}: CIP string tags are read-only")
+        if self.scale == 0.0 or not math.isfinite(self.scale) or not math.isfinite(self.offset):
+            raise TagError(f"{where}: scale must be finite and non-zero, offset finite")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise TagError(f"{where}: min {self.min} is above max {self.max}")
+        if self.scan <= 0:
+            raise TagError(f"{where}: scan must be a positive period")
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,16 +354,16 @@ def tags_from_mapping(
             if name in names:
                 raise TagError(f"{where}: tag name {name!r} is used twice")
             names.add(name)
+            scan_value = _field(item, "scan")
+            cip_tag = _field(item, "cip_tag")
+            if cip_tag is not None:
+                out.append(_cip_tag(item, where, name, str(device), str(cip_tag), _scan(scan_value, classes, default_scan,
+                                                                                       where)))
+                continue
             table = TABLE_ALIASES.get(str(_field(item, "table", "")))
             if table is None:
                 raise TagError(f"{where}: table must be one of {sorted(set(TABLE_ALIASES.values()))}")
-            scan_value = _field(item, "scan")
-            if isinstance(scan_value, str) and scan_value in classes:
-                scan = classes[scan_value]
-            elif scan_value is None:
-                scan = default_scan
-            else:
-                scan = _duration(scan_value, f"{where}.scan")
+            scan = _scan(scan_value, classes, default_scan, where)
             tag = Tag(
                 name=name,
                 device=str(device),
@@ -366,9 +391,45 @@ def tags_from_mapping(
     return tuple(out)
 
 
+def _scan(value: object, classes: Mapping[str, float], default_scan: float, where: str) -> float:
+    if isinstance(value, str) and value in classes:
+        return classes[value]
+    if value is None:
+        return default_scan
+    return _duration(value, f"{where}.scan")
+
+
+def _cip_tag(item: Any, where: str, name: str, device: str, cip_tag: str, scan: float) -> Tag:
+    """A `cip_tag:` entry: a Logix tag by name (table and address do not apply)."""
+    for key in ("table", "address", "length", "modbus_unit"):
+        if _field(item, key) is not None:
+            raise TagError(f"{where}: {key} is for Modbus tags, not a cip_tag tag")
+    tag = Tag(
+        name=name,
+        device=device,
+        table="cip",
+        address=0,
+        type=str(_field(item, "type", "dint")),
+        scale=float(_field(item, "scale", 1.0)),
+        offset=float(_field(item, "offset", 0.0)),
+        unit=_field(item, "unit"),
+        description=_field(item, "description"),
+        writable=bool(_field(item, "writable", False)),
+        min=_limit(_field(item, "min"), f"{where}.min"),
+        max=_limit(_field(item, "max"), f"{where}.max"),
+        scan=scan,
+        modbus_unit=0,
+        cip_tag=cip_tag,
+    )
+    tag.check()
+    return tag
+
+
 def _check_overlaps(tags: Sequence[Tag]) -> None:
     by_place: dict[tuple[str, str, int], list[Tag]] = {}
     for tag in tags:
+        if tag.cip_tag is not None:
+            continue
         by_place.setdefault((tag.device, tag.table, tag.modbus_unit), []).append(tag)
     for group in by_place.values():
         group.sort(key=lambda t: t.address)
@@ -439,9 +500,11 @@ def settings_from_policy(policy: Any) -> OpcuaSettings:
     if getattr(opcua, "timeout", None) is not None:
         return settings
     timeouts = [
-        float(modbus.timeout)
+        float(section.timeout)
         for name, device in policy.devices.items()
-        if name in tags and (modbus := getattr(device, "modbus", None)) is not None
+        if name in tags
+        for section in (getattr(device, "modbus", None), getattr(device, "enip", None))
+        if section is not None and getattr(section, "timeout", None) is not None
     ]
     if timeouts:
         settings = replace(settings, timeout=max(timeouts))

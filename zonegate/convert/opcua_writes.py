@@ -12,7 +12,8 @@ by the engine for the session user's principal, so one policy governs both proto
 Refusals answer per item: BadOutOfRange for a value outside the tag's limits (or the policy's value
 bounds), BadUserAccessDenied for anything else the policy refuses; each is audited. An allowed write is
 sent through the device pool and the device's answer is what the client gets: Good, or the status its
-Modbus exception maps to. Allowed writes are audited too.
+Modbus exception maps to. Allowed writes are audited too. A CIP tag's write is a Write Tag instead,
+decided with decide_cip (opcua_cip.CipWriter) after the same writable, kind and limit checks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from zonegate.convert.opcua_poll import (
     DeviceLink,
     exception_status,
 )
+from zonegate.convert.opcua_cip import CipWriter, cip_writers_of
 from zonegate.convert.opcua_tags import CodecError, Tag, accepts, encode, within_limits
 from zonegate.engine import REASONS, VERDICTS, CompiledPolicy
 
@@ -90,6 +92,7 @@ class TagWriter:
         self._tid = 0
         self.counts: dict[str, int] = {}
         self.on_decision: OnDecision | None = None
+        self.cip: CipWriter | None = None  # Write Tag for CIP tags
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -114,6 +117,13 @@ class TagWriter:
             self._decided(principal, tag, "deny", "tag_limits")
             self._audit(principal, user, tag, value, None, "tag_limits", "deny", None)
             return BAD_OUT_OF_RANGE
+        if tag.cip_tag is not None:
+            if self.cip is None:
+                self._count("device_failed")
+                return BAD_COMMUNICATION_ERROR
+            return await self.cip.write(
+                self.policy, principal, user, tag, value,
+                lambda verdict, reason, fc: self._decided(principal, tag, verdict, reason, fc), self._count)
         try:
             raw = encode(tag, value)
         except CodecError as exc:  # the right kind, but it does not fit the raw type
@@ -218,6 +228,8 @@ def write_functions(tag: Tag) -> frozenset[int]:
 def writers_of(ir: Mapping[str, Any], tag: Tag) -> frozenset[str]:
     """Principals some rule could let write the tag: the right function over all its addresses (value
     bounds, units and rates aside; the engine still decides each write). Feeds UserAccessLevel."""
+    if tag.cip_tag is not None:
+        return cip_writers_of(ir, tag)
     devices = [d["name"] for d in ir["devices"]]
     principals = [p["name"] for p in ir["principals"]]
     functions = write_functions(tag)

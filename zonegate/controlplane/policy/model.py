@@ -795,22 +795,29 @@ def _tag_name(value: object) -> str:
 
 TagName = Annotated[str, *parsed(_tag_name, {"type": "string", "pattern": _TAG_NAME.pattern})]
 TagTable = Annotated[str, *parsed(tg.parse_table, {"type": "string", "enum": [*tg.TAG_TABLES, "holding"]})]
-TagType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "int64", "uint64", "string"]
+TagType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "int64", "uint64", "string",
+                  "sint", "int", "dint", "lint", "real", "lreal"]
+CipTagName = Annotated[str, *parsed(tg.parse_cip_tag, {"type": "string", "pattern": tg.CIP_TAG_NAME.pattern})]
 Number = Annotated[float, *parsed(tg.finite_number, {"type": "number"})]
 Limit = Annotated[int | float, *parsed(tg.exact_number, {"type": "number"})]
 
 
 class Tag(Section):
-    """One value of a device's table, served as an OPC UA variable. Limits are in engineering units."""
+    """One value of a device's table (or one Logix tag), served as an OPC UA variable. Limits are in
+    engineering units."""
 
     name: TagName
     """The variable's name under its device's folder ('/' between words makes sub-folders)."""
-    table: TagTable
-    """coils, discrete_inputs, input_registers or holding (holding_registers)."""
-    address: Bounded(0, 65535)  # type: ignore[valid-type]
-    """The first address (zero-based) the value occupies."""
+    cip_tag: CipTagName | None = None
+    """A Logix tag of a device with an enip section (Line1.Speed, Recipe[3], Program:Main.Count): the tag is
+    read with Read Tag and written with Write Tag instead of table and address."""
+    table: TagTable | None = None
+    """coils, discrete_inputs, input_registers or holding (holding_registers); Modbus tags only."""
+    address: Bounded(0, 65535) | None = None  # type: ignore[valid-type]
+    """The first address (zero-based) the value occupies; Modbus tags only."""
     type: TagType
-    """bool (coils, discrete inputs); int16, uint16, int32, uint32, float32, float64, int64, uint64, string (registers)."""
+    """Modbus: bool (coils, discrete inputs); int16, uint16, int32, uint32, float32, float64, int64, uint64,
+    string (registers). CIP: bool, sint, int, dint, lint, real, lreal, string (Logix types)."""
     length: Bounded(1, tg.MAX_STRING_REGISTERS) | None = None  # type: ignore[valid-type]
     """Registers a string spans (two characters each); string tags only."""
     word_order: Literal["big", "little"] = "big"
@@ -840,6 +847,15 @@ class Tag(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Tag:
+        if self.cip_tag is not None:
+            return self._consistent_cip()
+        if self.table is None or self.address is None:
+            key = "table" if self.table is None else "address"
+            raise _fail(FieldError(
+                f"a tag needs table and address (a Modbus value) or cip_tag (a Logix tag); {key} is missing", (key,)))
+        if self.type in tg.CIP_ONLY_TYPES:
+            raise _fail(FieldError(f"{self.type} is a Logix type, for cip_tag tags; Modbus tags are int16, uint16, "
+                                   "int32, uint32, int64, uint64, float32, float64, bool or string", ("type",)))
         problem = tg.fit_problem(self.table, self.type)
         if problem is not None:
             raise _fail(FieldError(problem, ("type",)))
@@ -853,6 +869,20 @@ class Tag(Section):
             ))
         if self.writable and self.table not in tg.WRITABLE_TABLES:
             raise _fail(FieldError(f"{self.table} are read-only in Modbus: the tag cannot be writable", ("writable",)))
+        return self._limits_consistent()
+
+    def _consistent_cip(self) -> Tag:
+        for key in tg.MODBUS_ONLY_KEYS:
+            if key in self.model_fields_set:
+                raise _fail(FieldError(f"{key} is for Modbus tags; a cip_tag tag is read and written by name", (key,)))
+        if self.type not in tg.CIP_TAG_TYPES:
+            raise _fail(FieldError(
+                f"{self.type} is a Modbus type; a CIP tag is {', '.join(tg.CIP_TAG_TYPES)}", ("type",)))
+        if self.type == "string" and self.writable:
+            raise _fail(FieldError("CIP string tags are read-only: writable must be false", ("writable",)))
+        return self._limits_consistent()
+
+    def _limits_consistent(self) -> Tag:
         if self.type in ("bool", "string"):
             for key in ("scale", "offset", "min", "max"):
                 if key in self.model_fields_set:
@@ -873,13 +903,15 @@ class Tag(Section):
     @property
     def registers(self) -> int:
         """Addresses the value spans in its table: 1 for bool and 16-bit types, 2 for 32-bit, 4 for 64-bit,
-        `length` for a string."""
+        `length` for a string; 1 for a CIP tag (one element)."""
+        if self.cip_tag is not None:
+            return 1
         return self.length if self.type == "string" and self.length else tg.TYPE_WIDTH[self.type]
 
     @property
     def end(self) -> int:
-        """The last address the value occupies."""
-        return self.address + self.registers - 1
+        """The last address the value occupies (a CIP tag has none: 0)."""
+        return (self.address or 0) + self.registers - 1
 
     @property
     def scan_defaulted(self) -> bool:

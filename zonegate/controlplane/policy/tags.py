@@ -1,7 +1,8 @@
-"""Policy loading: the OPC UA address space's vocabulary and checks (tags on device tables).
+"""Policy loading: the OPC UA address space's vocabulary and checks (tags on device tables and CIP tags).
 
 A tag names one value in a device's Modbus table: its type fixes how many addresses it spans and which
-tables it may live in. The model (model.py) parses tags with these facts; the checks here relate tags
+tables it may live in. A CIP tag (`cip_tag:`) names a Logix tag of a device with an `enip` section
+instead, read with Read Tag and written with Write Tag. The model (model.py) parses tags with these facts; the checks here relate tags
 to each other and to the rules: overlaps within one table, scan classes that must exist, the poll
 principal, and writable tags no rule could ever let an OPC UA user write.
 """
@@ -9,6 +10,8 @@ principal, and writable tags no rule could ever let an OPC UA user write.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from . import functions as fn
@@ -34,6 +37,18 @@ INTEGER_LIMITS: Final[dict[str, tuple[int, int]]] = {
     "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-(2**31), 2**31 - 1),
     "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1),
 }
+# Logix atomic types a CIP tag may have (and string: a Logix STRING, read-only).
+CIP_TAG_TYPES: Final = ("bool", "sint", "int", "dint", "lint", "real", "lreal", "string")
+CIP_ONLY_TYPES: Final = frozenset({"sint", "int", "dint", "lint", "real", "lreal"})
+INTEGER_LIMITS.update({
+    "sint": (-(2**7), 2**7 - 1), "int": (-(2**15), 2**15 - 1), "dint": (-(2**31), 2**31 - 1),
+    "lint": (-(2**63), 2**63 - 1),
+})
+MODBUS_ONLY_KEYS: Final = ("table", "address", "length", "word_order", "byte_order", "modbus_unit")
+# A Logix tag: optional Program:Name. scope, dotted members, each with up to three array indices.
+_CIP_PART: Final = r"[A-Za-z_][A-Za-z0-9_]{0,39}(?:\[\d{1,10}(?:,\d{1,10}){0,2}\])?"
+CIP_TAG_NAME: Final = re.compile(rf"^(?:Program:[A-Za-z_][A-Za-z0-9_]{{0,39}}\.)?{_CIP_PART}(?:\.{_CIP_PART})*$")
+MAX_CIP_TAG_LENGTH: Final = 255
 MAX_STRING_REGISTERS: Final = 123  # one write_multiple_registers request (reads allow 125)
 
 # Function codes an OPC UA read or write of a tag becomes, per table.
@@ -72,6 +87,47 @@ def engineering_limits(type_: str, scale: float, offset: float) -> tuple[float, 
         return raw
     ends = sorted((raw[0] * scale + offset, raw[1] * scale + offset))
     return ends[0], ends[1]
+
+
+def parse_cip_tag(value: object) -> str:
+    """A Logix tag name: `Line1.Speed`, `Recipe[3]`, `Program:Main.Count`, `Grid[1,2].X`."""
+    if not isinstance(value, str) or len(value) > MAX_CIP_TAG_LENGTH or not CIP_TAG_NAME.match(value):
+        raise FieldError(
+            f"bad CIP tag name {value!r}: dotted Logix names (letters, digits, '_', not starting with a digit), "
+            "each with optional [i] or [i,j] indices, optionally after Program:NAME."
+        )
+    return value
+
+
+def cip_tag_parts(text: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """A valid CIP tag name -> its parts: (name as written, indices). `Program:Main.X` is one part
+    `Program:Main` then `X`, as on the wire (one symbolic segment each)."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for part in text.split("."):
+        name, _, rest = part.partition("[")
+        indices = tuple(int(i) for i in rest.rstrip("]").split(",")) if rest else ()
+        out.append((name, indices))
+    return tuple(out)
+
+
+def cip_pattern_admits(pattern: Sequence[tuple[str, Sequence[tuple[int, int]] | None]],
+                       parts: Sequence[tuple[str, tuple[int, ...]]]) -> bool:
+    """Whether a tag pattern (lower-cased names or `*`, element ranges or None) admits a one-element
+    request of the tag `parts` (docs/cip-engine.md section 3)."""
+    if not pattern:
+        return False
+    trailing_star = pattern[-1][0] == "*"
+    fixed = pattern[:-1] if trailing_star else pattern
+    if (trailing_star and len(parts) < len(pattern)) or len(parts) < len(fixed):
+        return False
+    for (want, ranges), (name, indices) in zip(fixed, parts, strict=False):
+        if want != "*" and want != name.lower():
+            return False
+        if want == "*" or ranges is None:
+            continue
+        if len(indices) != len(ranges) or not all(lo <= i <= hi for i, (lo, hi) in zip(indices, ranges, strict=True)):
+            return False
+    return True
 
 
 def finite_number(value: object) -> float:
@@ -113,15 +169,21 @@ def _allows(policy: Policy, principals: set[str], device: str, tag: Tag, functio
             continue
         for entry in rule.allow:
             fcs = {fc for fc, _ in entry.function_keys}
-            if fcs & functions and _covers(entry, tag.table, tag.address, tag.end):
+            if fcs & functions and _covers(entry, _table(tag), tag.address or 0, tag.end):
                 return True
     return False
 
 
 def write_functions(tag: Tag) -> set[int]:
     """The function codes a write of `tag` may become (a one-register or one-bit tag: either form)."""
-    multiple = WRITE_MULTIPLE[tag.table]
-    return {WRITE_SINGLE[tag.table], multiple} if tag.registers == 1 else {multiple}
+    multiple = WRITE_MULTIPLE[_table(tag)]
+    return {WRITE_SINGLE[_table(tag)], multiple} if tag.registers == 1 else {multiple}
+
+
+def _table(tag: Tag) -> str:
+    """The table of a Modbus tag (the model makes sure it has one)."""
+    assert tag.table is not None, "a CIP tag has no table"
+    return tag.table
 
 
 def issues(policy: Policy, smap: SourceMap) -> list[Issue]:
@@ -133,11 +195,6 @@ def issues(policy: Policy, smap: SourceMap) -> list[Issue]:
     names: dict[str, tuple[str, int]] = {}
     for device, tags in policy.tags.items():
         known = policy.devices.get(device)
-        if known is not None and known.modbus is None:
-            out.append(smap.issue(("tags", device), (
-                f"device {device!r} has no modbus section: tags are Modbus values, read and written over Modbus/TCP"
-            )))
-            continue
         placed: dict[tuple[str, int], list[Tag]] = {}
         for n, tag in enumerate(tags):
             here = ("tags", device, n)
@@ -149,18 +206,30 @@ def issues(policy: Policy, smap: SourceMap) -> list[Issue]:
                 )))
             else:
                 names[tag.name] = (device, n)
+            if policy.opcua is not None and not tag.scan_defaulted and tag.scan not in scan_classes:
+                out.append(smap.issue((*here, "scan"), _unknown_scan(tag.scan, scan_classes)))
+            if tag.cip_tag is not None:
+                if known is not None and known.enip is None:
+                    out.append(smap.issue((*here, "cip_tag"), (
+                        f"device {device!r} has no enip section: CIP tags are read and written over EtherNet/IP"
+                    )))
+                continue
+            if known is not None and known.modbus is None:
+                out.append(smap.issue((*here, "table"), (
+                    f"device {device!r} has no modbus section: table/address tags are Modbus values; name a Logix "
+                    "tag with cip_tag instead"
+                )))
+                continue
             unit = modbus_unit(policy, device, tag)
             if tag.modbus_unit is not None and not _unit_of(policy, device, tag.modbus_unit):
                 out.append(smap.issue((*here, "modbus_unit"), f"unit {tag.modbus_unit} is not a unit of device {device!r}"))
-            for other in placed.get((tag.table, unit), []):
-                if tag.address <= other.end and other.address <= tag.end:
+            for other in placed.get((_table(tag), unit), []):
+                if (tag.address or 0) <= other.end and (other.address or 0) <= tag.end:
                     out.append(smap.issue((*here, "address"), (
                         f"{tag.name!r} ({tag.table} {_span(tag)}) overlaps tag {other.name!r} ({_span(other)})"
                     )))
                     break
-            placed.setdefault((tag.table, unit), []).append(tag)
-            if policy.opcua is not None and not tag.scan_defaulted and tag.scan not in scan_classes:
-                out.append(smap.issue((*here, "scan"), _unknown_scan(tag.scan, scan_classes)))
+            placed.setdefault((_table(tag), unit), []).append(tag)
     opcua = policy.opcua
     if opcua is not None:
         if opcua.default_scan not in scan_classes:
@@ -190,11 +259,17 @@ def warnings(policy: Policy, smap: SourceMap) -> list[Issue]:
     poller = {policy.opcua.poll_principal} if policy.opcua is not None else set()
     poller &= set(policy.principals)  # an unknown poll principal is an error of its own
     for device, tags in policy.tags.items():
-        if device not in policy.devices or policy.devices[device].modbus is None:
+        if device not in policy.devices:
             continue  # an error of its own
         for n, tag in enumerate(tags):
             here = ("tags", device, n)
-            if poller and not _allows(policy, poller, device, tag, {READ_FUNCTION[tag.table]}):
+            if tag.cip_tag is not None:
+                if policy.devices[device].enip is not None:
+                    out.extend(_cip_warnings(policy, smap, here, device, tag, poller, opcua_users))
+                continue
+            if policy.devices[device].modbus is None:
+                continue  # an error of its own
+            if poller and not _allows(policy, poller, device, tag, {READ_FUNCTION[_table(tag)]}):
                 out.append(smap.issue(here, (
                     f"no rule lets the poll principal read {tag.table} {_span(tag)} of {device!r}: "
                     f"tag {tag.name!r} will always be Bad"
@@ -205,6 +280,39 @@ def warnings(policy: Policy, smap: SourceMap) -> list[Issue]:
                     f"writes to {tag.name!r} are always denied"
                 ), severity="warning"))
     return out
+
+
+def _cip_warnings(policy: Policy, smap: SourceMap, here: tuple[str | int, ...], device: str, tag: Tag,
+                  poller: set[str], writers: set[str]) -> list[Issue]:
+    out: list[Issue] = []
+    assert tag.cip_tag is not None
+    if poller and not cip_allows(policy, poller, device, tag.cip_tag, "read_tag"):
+        out.append(smap.issue(here, (
+            f"no rule lets the poll principal read_tag {tag.cip_tag!r} of {device!r}: tag {tag.name!r} will always be Bad"
+        ), severity="warning"))
+    if tag.writable and not cip_allows(policy, writers, device, tag.cip_tag, "write_tag"):
+        out.append(smap.issue((*here, "writable"), (
+            f"no rule lets any opcua_user principal write_tag {tag.cip_tag!r} of {device!r}: "
+            f"writes to {tag.name!r} are always denied"
+        ), severity="warning"))
+    return out
+
+
+def cip_allows(policy: Policy, principals: set[str], device: str, cip_tag: str, service: str) -> bool:
+    """Some cip entry of a rule for one of `principals` on `device` lists `service` on a pattern that admits
+    the tag, by the empty route (the converter talks to the device itself)."""
+    parts = cip_tag_parts(cip_tag)
+    for rule in policy.rules:
+        if device not in rule.devices or not principals.intersection(rule.principals):
+            continue
+        for entry in rule.cip:
+            if service not in entry.services.names or entry.tags is None:
+                continue
+            if entry.routes is not None and not any(len(route) == 0 for route in entry.routes):
+                continue
+            if any(cip_pattern_admits([(p.name, p.elements) for p in pattern.parts], parts) for pattern in entry.tags):
+                return True
+    return False
 
 
 def modbus_unit(policy: Policy, device: str, tag: Tag) -> int:
