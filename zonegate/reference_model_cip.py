@@ -374,8 +374,9 @@ Triad = tuple[int, int, int]  # connection serial, originator vendor, originator
 @dataclass(frozen=True)
 class EnipMessage:
     """An encapsulation message that frames correctly, as its sender built it: the command word, the CPF
-    items of SendRRData / SendUnitData, and, when the whole CIP message of a SendRRData is a (Large)
-    Forward Open whose data reads, its triad and the hops of its connection path."""
+    items of SendRRData / SendUnitData, and, when the CIP message of a SendRRData is (or a chain of
+    Unconnected Sends delivers) a (Large) Forward Open whose data reads, its triad and the route the
+    connection takes: the chain's hops, then the connection path's ports (section 8)."""
 
     command: int
     items: tuple[tuple[int, bytes], ...] = ()

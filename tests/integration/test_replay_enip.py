@@ -184,9 +184,9 @@ def trace(path: Path) -> Counter[tuple[int, int]]:
     return Counter((d.frame, names[d.command]) for d in report.cip_denials)
 
 
-def tshark(path: Path, *fields: str) -> list[list[str]]:
+def tshark(path: Path, *fields: str, direction: str = "tcp.dstport == 44818") -> list[list[str]]:
     out = subprocess.run(
-        ["tshark", "-r", str(path), "-Y", "enip && tcp.dstport == 44818", "-T", "fields",
+        ["tshark", "-r", str(path), "-Y", f"enip && {direction}", "-T", "fields",
          *(x for f in fields for x in ("-e", f))],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
@@ -209,3 +209,13 @@ def test_outer_services_match_tshark() -> None:
     report = _engine.replay_capture(DENY_ALL, str(path))
     codes = {"multiple_service_packet": 0x0A, "get_attribute_list": 0x03, "set_attribute_list": 0x04}
     assert {codes[name]: n for name, n in report.cip_by_service.items()} == dict(outer)
+
+
+@pytest.mark.parametrize("name", ENIP_CAPTURES)
+def test_replies_per_command_match_tshark(name: str) -> None:
+    path = shared(name)
+    require(shutil.which("tshark") is not None, "tshark is not installed (apt-get install tshark)")
+    names = {0x63: "list_identity", 0x6F: "send_rr_data", 0x70: "send_unit_data", 0x65: "register_session"}
+    dissected = tshark(path, "enip.command", direction="tcp.srcport == 44818")
+    expected = Counter(names[int(command, 16)] for (command,) in dissected)
+    assert _engine.replay_capture(DENY_ALL, str(path)).cip_replies_by_command == dict(expected)

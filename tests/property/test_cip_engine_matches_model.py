@@ -25,7 +25,7 @@ SCALE = max(1, int(os.environ.get("ZONEGATE_PROPERTY_SCALE", "1")))
 DECIDE = settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Small vocabularies shared by policies and messages, so that entries match often and fail at every depth.
-NAMES = ("Line1", "Motor", "Speed", "SP", "Grid", "Recipe", "Program:Main", "x")
+NAMES = ("Line1", "Motor", "Speed", "SP", "Press_SP", "Grid", "Recipe", "Program:Main", "x")
 CLASSES = (0x01, 0x02, 0x06, 0x6B, 0x6C, 0xF5, 0x1234)
 HOPS: tuple[tuple[int, bytes], ...] = ((1, b"\x00"), (1, b"\x03"), (2, b"10.0.0.5"), (18, b"\x01"), (3, b"5"))
 ROUTES: tuple[tuple[tuple[int, bytes], ...], ...] = (

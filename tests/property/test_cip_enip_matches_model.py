@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.property.test_cip_engine_matches_model import (
+    CONNECTION_MANAGER,
     ROUTES,
     cip_policies,
     fields,
@@ -25,7 +26,9 @@ from tests.property.test_cip_engine_matches_model import (
     forward_open,
     logical,
     messages,
+    multiple_service,
     route_path,
+    unconnected_send,
 )
 from zonegate import _engine
 from zonegate import reference_model_cip as model
@@ -83,8 +86,11 @@ def sessions(draw: st.DrawFn) -> list[tuple[str, Any]]:
             script.append(("open", (forward_open(large, transport, route_path(hops) + TARGET, triad), triad, hops)))
         elif kind == "conversation":
             ot_id = draw(st.sampled_from(CONNECTION_IDS))
-            script.append(("open", (forward_open(draw(st.booleans()), 0xA3, route_path(hops) + TARGET, triad), triad,
-                                    hops)))
+            cip = forward_open(draw(st.booleans()), 0xA3, route_path(hops) + TARGET, triad)
+            chain = draw(st.sampled_from([(), (), ((1, b"\x00"),), ((2, b"10.0.0.5"), (1, b"\x03"))]))
+            if chain:
+                cip = unconnected_send(cip, chain)  # to a controller behind a backplane
+            script.append(("open", (cip, triad, chain + hops)))
             script.append(("reply", (triad, ot_id, 0)))
             for sequence in range(draw(st.integers(1, 3))):
                 script.append(("unit", (ot_id, sequence, draw(messages()))))
@@ -120,20 +126,40 @@ def flatten(cip: bytes) -> list[model.Leaf] | str:
         return str(exc)
 
 
+def ports(path: bytes) -> tuple[model.Hop, ...]:
+    """The port segments of an EPATH, read back through the parser as a request path."""
+    leaves = flatten(bytes([0x0E, len(path) // 2]) + path)
+    assert not isinstance(leaves, str)
+    return leaves[0].hops
+
+
+def delivered(cip: bytes) -> tuple[bytes, tuple[model.Hop, ...]]:
+    """The request a chain of Unconnected Sends delivers, and the chain's hops (outermost first)."""
+    chain: tuple[model.Hop, ...] = ()
+    while cip[:1] == b"\x52" and cip[2:2 + len(CONNECTION_MANAGER)] == CONNECTION_MANAGER:
+        data = cip[2 + 2 * cip[1]:]
+        size = struct.unpack_from("<H", data, 2)[0]
+        route_at = 4 + size + size % 2
+        chain += ports(data[route_at + 2:])
+        cip = data[4:4 + size]
+    return cip, chain
+
+
 def opening(cip: bytes) -> tuple[model.Triad, tuple[model.Hop, ...]] | None:
-    """What the sender of `cip` knows: when the whole message is a (Large) Forward Open whose data reads, its
-    triad and the ports of its connection path (read back through the parser as a request path)."""
+    """What the sender of `cip` knows: when the message is, or a chain of Unconnected Sends delivers, a
+    (Large) Forward Open whose data reads, its triad and the route its connection takes (section 8)."""
     leaves = flatten(cip)
-    if isinstance(leaves, str) or len(leaves) != 1 or leaves[0].depth != 0 or leaves[0].data_error is not None \
+    if isinstance(leaves, str) or len(leaves) != 1 or leaves[0].data_error is not None \
             or leaves[0].service not in ("forward_open", "large_forward_open"):
         return None
-    data = cip[2 + 2 * cip[1]:]
-    p = 4 if leaves[0].service == "large_forward_open" else 2
+    inner, chain = delivered(cip)
+    if inner[0] not in (0x54, 0x5B):
+        return None  # inside a Multiple Service Packet: decided, not recorded
+    data = inner[2 + 2 * inner[1]:]
+    p = 4 if inner[0] == 0x5B else 2
     triad = struct.unpack_from("<HHI", data, 10)
     fixed = 26 + p + 4 + p + 2  # up to the connection path size (enip.md section 7)
-    path = flatten(bytes([0x0E, (len(data) - fixed) // 2]) + data[fixed:])
-    assert not isinstance(path, str)
-    return (triad[0], triad[1], triad[2]), path[0].hops
+    return (triad[0], triad[1], triad[2]), chain + ports(data[fixed:])
 
 
 def run(ir: dict[str, Any], principal: int, script: list[tuple[str, Any]]) -> list[tuple[int, str | None]]:
@@ -158,7 +184,8 @@ def run(ir: dict[str, Any], principal: int, script: list[tuple[str, Any]]) -> li
             request = sent_opens.get(triad)
             if request is None:
                 continue
-            service = request[24 + 6 + 2 + 4 + 4]  # the Forward Open's service byte, after the CPF headers
+            # the target answers with the Forward Open's own reply, through any Unconnected Sends
+            service = delivered(request[24 + 6 + 2 + 4 + 4:])[0][0]
             answer = reply(service, status, open_reply(triad, ot_id) if status == 0 else b"")
             back = send_data(model.SEND_RR_DATA, unconnected(answer), request[12:20])
             assert session.observe_reply(request, back)
@@ -237,3 +264,26 @@ def test_a_connection_opens_carries_its_route_and_closes() -> None:
         (model.MALFORMED, "duplicate_connection"), (model.ALLOWED, None), (model.MALFORMED, "unknown_connection"),
         (model.COMMAND_NOT_ALLOWED, None), (model.MALFORMED, "io_connection"),
     ]
+
+
+def test_a_connection_opened_through_a_backplane_carries_the_whole_route() -> None:
+    """A Forward Open inside an Unconnected Send to 2,10.0.0.5: the connection's route is that hop, then
+    the connection path's 1,0; a Forward Open inside a Multiple Service Packet opens nothing."""
+    read_routed = {**READ_ANY, "routes": [[[2, list(b"10.0.0.5")], [1, [0]]]]}
+    ir = {"version": 1, "mode": "enforce", "principals": [{"name": "a"}],
+          "devices": [{"name": "plc", "zone": "z", "host": "h", "port": 1, "units": None}],
+          "rules": [{"id": "r", "principals": [0], "devices": [0], "units": None, "allow": [],
+                     "cip": [OPEN_ALL, read_routed]}]}
+    read = bytes([0x4C, 3, 0x91, 2]) + b"SP" + bytes([0x28, 1, 1, 0])
+    fo = forward_open(True, 0xA3, route_path(((1, b"\x00"),)) + TARGET, TRIADS[2])
+    routed = unconnected_send(fo, ((2, b"10.0.0.5"),))
+    script: list[tuple[str, Any]] = [
+        ("open", (routed, TRIADS[2], ((2, b"10.0.0.5"), (1, b"\x00")))),
+        ("reply", (TRIADS[2], 0x2000, 0)),
+        ("unit", (0x2000, 1, read)),
+        ("rr", multiple_service([forward_open(False, 0xA3, TARGET, TRIADS[1])])),
+        ("reply", (TRIADS[1], 0x3000, 0)),
+        ("unit", (0x3000, 1, read)),
+    ]
+    assert run(ir, 0, script) == [(model.ALLOWED, None), (model.ALLOWED, None), (model.ALLOWED, None),
+                                  (model.MALFORMED, "unknown_connection")]

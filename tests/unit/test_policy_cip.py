@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_policy_robustness import paths, values
 from test_policy_support import issues_of, load_text
 
-from zonegate.controlplane.policy import cip
+from zonegate.controlplane.policy import PolicyError, cip, load
 
 HEAD = """\
 version: 1
@@ -443,3 +446,45 @@ def test_written_entries_compile_as_written_and_the_engine_takes_them(
         set(names) | {cip.COMMON_BY_CODE.get(c, f"code {c}") for c in codes}
     assert got["routes"] == (None if not routes else [[[p, [link]] for p, link in route] for route in routes])
     _engine.Engine(loaded.ir_json())
+
+
+PRESS_LINE = Path(__file__).resolve().parents[2] / "policies" / "press-line.yaml"
+
+
+@st.composite
+def mangled_press_line(draw: st.DrawFn) -> dict[str, Any]:
+    """press-line.yaml with one to four of its CIP nodes replaced by junk or removed."""
+    doc = yaml.safe_load(PRESS_LINE.read_text())
+    targets = [p for p in paths(doc) if p and ("cip" in p or "enip" in p or p[0] == "listeners")]
+    for _ in range(draw(st.integers(1, 4))):
+        path = draw(st.sampled_from(targets))
+        parent: Any = doc
+        try:
+            for part in path[:-1]:
+                parent = parent[part]
+            if draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = draw(values | st.sampled_from(
+                    ["0x4C", "1,0", "Line1.*", "SP[9..0]", "A..B", "0x100000000", "*[1]", "2,plc/1,0", 128]))
+        except (KeyError, IndexError, TypeError):
+            continue
+    return doc  # type: ignore[no-any-return]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(doc=mangled_press_line())
+def test_mangled_cip_policy_loads_and_compiles_or_fails_with_positions(doc: dict[str, Any], tmp_path: Path) -> None:
+    from zonegate import _engine
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        loaded = load([path], pki_dir=tmp_path)
+    except PolicyError as exc:
+        assert any(i.severity == "error" for i in exc.issues)
+        for issue in exc.issues:
+            assert issue.file == str(path) and issue.line >= 1 and issue.column >= 1 and issue.message
+    else:
+        _engine.Engine(loaded.ir_json())  # whatever loads, the engine takes

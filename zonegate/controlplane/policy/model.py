@@ -443,13 +443,6 @@ class Device(Section):
             raise _fail(FieldError("a device needs modbus, enip or both: how zonegate reaches it"))
         return self
 
-    @property
-    def host(self) -> str:
-        """The device's address: its Modbus host, else its EtherNet/IP host."""
-        section = self.modbus or self.enip
-        assert section is not None
-        return section.host
-
 
 class Principal(Section):
     """Who is asking: matched by certificate role, certificate subject, OPC UA user or source address."""
@@ -536,10 +529,6 @@ class AllowEntry(Section):
         return self.burst if self.burst is not None else self.rate.count
 
 
-def _cip_services(value: object) -> cip.ServiceSet:
-    return cip.parse_services(value)
-
-
 _SCHEMA_CIP_SERVICE = {
     "anyOf": [
         {"type": "integer", "minimum": 0, "maximum": 127},
@@ -560,7 +549,7 @@ _SCHEMA_LOGICAL = {
 _SCHEMA_TAG_PATTERN = {"type": "string", "pattern": r"^[A-Za-z0-9_:*\[\].,\s]+$"}
 _SCHEMA_ROUTE = {"type": "string", "description": "PORT,LINK hops joined by '/', e.g. \"1,0\"; \"\" is the device itself"}
 
-CipServices = Annotated[cip.ServiceSet, *parsed(_cip_services, {
+CipServices = Annotated[cip.ServiceSet, *parsed(cip.parse_services, {
     "anyOf": [_SCHEMA_CIP_SERVICE, {"type": "array", "items": _SCHEMA_CIP_SERVICE, "minItems": 1}],
 })]
 

@@ -670,8 +670,9 @@ struct Flow {
     device: u32,
     /// [client to server, server to client]
     halves: [Half; 2],
-    /// Session state of an EtherNet/IP flow; `None` for Modbus/TCP.
-    enip: Option<EnipFlow>,
+    /// Session state of an EtherNet/IP flow; `None` for Modbus/TCP (boxed: flows are kept to the end of
+    /// the capture, and a Modbus flow should not carry a session's room).
+    enip: Option<Box<EnipFlow>>,
     closed: bool,
 }
 
@@ -892,7 +893,7 @@ impl<'d, D: Decide> Replay<'d, D> {
                 let protocol = targets.protocol(key.server, key.server_port);
                 let enip = (protocol == Protocol::Enip).then(|| {
                     ctx.report.cip.flows += 1;
-                    EnipFlow::new(!seg.flags.syn)
+                    Box::new(EnipFlow::new(!seg.flags.syn))
                 });
                 flows.entry(key).or_insert(Flow {
                     principal: targets.principal(key.client),
@@ -964,7 +965,7 @@ impl<'d, D: Decide> Replay<'d, D> {
 
 fn deliver<D: Decide>(
     adus: &mut AduStream,
-    enip: &mut Option<EnipFlow>,
+    enip: &mut Option<Box<EnipFlow>>,
     chunk: Chunk<'_>,
     requests: bool,
     ctx: &mut Context<'_, D>,

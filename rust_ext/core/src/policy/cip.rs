@@ -118,8 +118,78 @@ const NO_TARGET: [Service; 7] = [
     Service::GetConnectionOwner,
 ];
 
-fn service_bit(s: Service) -> Option<u32> {
-    NAMED_SERVICES.iter().position(|n| *n == s).map(|i| i as u32)
+/// A request's service as a [`ServiceSet`] looks it up: found once per request, tested per entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServiceKey {
+    /// Bit of a named service in [`NAMED_SERVICES`].
+    Named(u32),
+    /// An unresolved code.
+    Code(u8),
+    /// A container (never decided itself, so in no set).
+    None,
+}
+
+impl ServiceKey {
+    pub(crate) fn of(s: Service) -> ServiceKey {
+        match s {
+            Service::Other(c) if c < 128 => ServiceKey::Code(c),
+            Service::Other(_) => ServiceKey::None,
+            s => named_bit(s).map_or(ServiceKey::None, ServiceKey::Named),
+        }
+    }
+}
+
+/// Position of a named service in [`NAMED_SERVICES`], by match rather than by search (once per request).
+const fn named_bit(s: Service) -> Option<u32> {
+    use Service::*;
+    Some(match s {
+        GetAttributeAll => 0,
+        SetAttributeAll => 1,
+        GetAttributeList => 2,
+        SetAttributeList => 3,
+        Reset => 4,
+        Start => 5,
+        Stop => 6,
+        Create => 7,
+        Delete => 8,
+        ApplyAttributes => 9,
+        GetAttributeSingle => 10,
+        SetAttributeSingle => 11,
+        FindNextObjectInstance => 12,
+        Restore => 13,
+        Save => 14,
+        NoOperation => 15,
+        GetMember => 16,
+        SetMember => 17,
+        InsertMember => 18,
+        RemoveMember => 19,
+        GroupSync => 20,
+        ReadTag => 21,
+        WriteTag => 22,
+        ReadModifyWriteTag => 23,
+        ReadTagFragmented => 24,
+        WriteTagFragmented => 25,
+        GetInstanceAttributeList => 26,
+        ForwardClose => 27,
+        ForwardOpen => 28,
+        LargeForwardOpen => 29,
+        GetConnectionData => 30,
+        SearchConnectionData => 31,
+        GetConnectionOwner => 32,
+        MultipleServicePacket | UnconnectedSend | Other(_) => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_bits_follow_the_table() {
+        for (i, s) in NAMED_SERVICES.iter().enumerate() {
+            assert_eq!(named_bit(*s), Some(i as u32), "{s:?}");
+        }
+    }
 }
 
 /// An entry's services: named ones by bit, unresolved codes (0..=0x7F) by code.
@@ -131,10 +201,11 @@ pub(crate) struct ServiceSet {
 
 impl ServiceSet {
     #[inline]
-    pub fn contains(&self, s: Service) -> bool {
-        match s {
-            Service::Other(c) => c < 128 && self.codes >> c & 1 != 0,
-            s => service_bit(s).is_some_and(|b| self.named >> b & 1 != 0),
+    pub fn contains(&self, key: ServiceKey) -> bool {
+        match key {
+            ServiceKey::Named(b) => self.named >> b & 1 != 0,
+            ServiceKey::Code(c) => self.codes >> c & 1 != 0,
+            ServiceKey::None => false,
         }
     }
 }

@@ -11,12 +11,12 @@
 //! The malformed pass runs over every leaf before the policy sees any, so a message with a malformed
 //! leaf is refused in both modes even when an earlier leaf is only a would-be denial.
 
-use super::cip::{CipDecision, CipReason, CompiledCipEntry, Target};
+use super::cip::{CipDecision, CipReason, CompiledCipEntry, ServiceKey, Target};
 use super::{Engine, Mode, Verdict};
 use crate::enip::{
     flatten, parse_forward_close, parse_forward_open, parse_forward_open_reply, parse_frame, parse_request,
     parse_response, parse_unconnected_send, reply_matches, Address, Anomalies, Body, CipError, Command,
-    ConnectionTable, Leaf, Payload, Port, Request, Service, TableError, TagPart, MAX_DEPTH,
+    ConnectionTable, Leaf, Payload, Port, Request, Service, TableError, MAX_DEPTH,
 };
 
 /// General status 0x01: connection failure.
@@ -157,19 +157,12 @@ fn in_ranges(ranges: &Option<Vec<(u32, u32)>>, v: Option<u32>) -> bool {
 struct View<'l, 'a> {
     leaf: &'l Leaf<'a>,
     prefix: &'l [Port],
-    /// The tag's parts with lower-cased names.
-    tag: Option<Vec<TagPart>>,
+    service: ServiceKey,
 }
 
 impl<'l, 'a> View<'l, 'a> {
     fn new(leaf: &'l Leaf<'a>, prefix: &'l [Port]) -> Self {
-        let tag = leaf.request.path.tag.as_ref().map(|t| {
-            t.parts
-                .iter()
-                .map(|p| TagPart { name: p.name.to_ascii_lowercase(), elements: p.elements.clone() })
-                .collect()
-        });
-        View { leaf, prefix, tag }
+        View { leaf, prefix, service: ServiceKey::of(leaf.request.service) }
     }
 
     fn hops(&self) -> impl Iterator<Item = &'l Port> {
@@ -192,13 +185,13 @@ impl<'l, 'a> View<'l, 'a> {
             }
         }
         let req = &self.leaf.request;
-        if !entry.services.contains(req.service) {
+        if !entry.services.contains(self.service) {
             return 2;
         }
         let ok = match &entry.target {
             Target::Any => true,
             Target::Tags(patterns) => {
-                self.tag.as_ref().is_some_and(|t| patterns.iter().any(|p| p.matches(t, req.elements)))
+                req.path.tag.as_ref().is_some_and(|t| patterns.iter().any(|p| p.matches(&t.parts, req.elements)))
             }
             Target::Logical { classes, instances, attributes } => {
                 let p = &req.path;

@@ -9,7 +9,8 @@
 //! A tag matches when it has at least as many parts as the pattern and each pattern part matches the
 //! tag part in its place. Extra tag parts are members of a structure allowed whole, or what a trailing
 //! `*` covers (the two read the same: `*` matches one part, and members after it are admitted). Names
-//! compare ASCII case-insensitively: the pattern is lower-cased here, the request's name by the caller.
+//! compare ASCII case-insensitively: the pattern is lower-cased here, and compared without copying the
+//! request's name.
 
 use super::cip::TagPattern;
 use super::compile::IrError;
@@ -28,6 +29,15 @@ pub(crate) struct PartPattern {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Pattern {
     parts: Box<[PartPattern]>,
+}
+
+/// ASCII case-insensitive equality over the tag-name alphabet `[A-Za-z0-9_:]`, which both sides are
+/// held to (the parser refuses other symbols, `compile` other pattern names). Setting bit 5 folds
+/// upper to lower case and leaves digits and `:` as they are; `_` becomes 0x7F on both sides, and no
+/// other character of the alphabet does, so the fold is exact.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x | 0x20 == y | 0x20)
 }
 
 fn invalid(path: String, message: impl Into<String>) -> IrError {
@@ -89,7 +99,7 @@ impl Pattern {
         Ok(Pattern { parts: parts.into_boxed_slice() })
     }
 
-    /// True when `tag` (names already lower-cased) matches. `count` is the element count of a Read or
+    /// True when `tag` matches (its names in any case). `count` is the element count of a Read or
     /// Write Tag (Fragmented) request, `None` for other services.
     pub(crate) fn matches(&self, tag: &[TagPart], count: Option<u16>) -> bool {
         let m = self.parts.len();
@@ -97,7 +107,7 @@ impl Pattern {
             return false;
         }
         for (p, t) in self.parts.iter().zip(tag) {
-            if p.name.as_deref().is_some_and(|n| n != t.name) {
+            if p.name.as_deref().is_some_and(|n| !same_name(n.as_bytes(), t.name.as_bytes())) {
                 return false;
             }
             if let Some(ranges) = &p.elements {
@@ -117,5 +127,22 @@ impl Pattern {
         }
         let last = tag[k].elements[0] as u64 + (n as u64).saturating_sub(1);
         last <= ranges[0].1 as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn the_fold_is_exact_over_the_tag_name_alphabet() {
+        let alphabet: Vec<u8> = (b'a'..=b'z').chain(b'A'..=b'Z').chain(b'0'..=b'9').chain([b'_', b':']).collect();
+        for &x in &alphabet {
+            for &y in &alphabet {
+                assert_eq!(same_name(&[x], &[y]), x.eq_ignore_ascii_case(&y), "{} {}", x as char, y as char);
+            }
+        }
+        assert!(same_name(b"Program:Main_1", b"program:MAIN_1"));
+        assert!(!same_name(b"Line1", b"Line1x"));
     }
 }
