@@ -1,21 +1,29 @@
 """Relay benchmark: zonegate (mutual TLS + decision + relay) against direct TCP, stunnel4 and haproxy.
 
-Every system sits between the same load generator and the same fast Modbus/TCP target on loopback,
-in the same run, so the figures compare as ratios on this machine. Closed-loop clients (1, 16, 64
+Every system sits between the same load generator and the same fast target on loopback, in the same run,
+so the figures compare as ratios on this machine. Two halves, each with a target of its own: Modbus/TCP
+(read holding register 0) and EtherNet/IP (SendRRData carrying a CIP Read Tag, after RegisterSession on
+each connection; zonegate through an `enip_tls` listener). Closed-loop clients (1, 16, 64
 connections, one request in flight each) give throughput and latency; a fixed-rate run at 2,000
 requests/s over 16 connections gives latency under a steady load (measured from the scheduled send
-time, so queueing counts); 1,000 idle mutual-TLS connections give zonegate's resident memory.
+time, so queueing counts); 1,000 idle mutual-TLS connections give zonegate's resident memory (Modbus half).
 
     python benchmarks/bench_relay.py            # table
     python benchmarks/bench_relay.py --json     # one JSON object (zonegate_rps_64, haproxy_p99_2k_us, ...)
     python benchmarks/bench_relay.py --quick    # seconds, not minutes: checks the harness, not speed
+    python benchmarks/bench_relay.py --enip-only   # or --modbus-only: one half
 
 TLS is 1.3 with ECDSA P-256 certificates from a development PKI made for the run. stunnel4 and haproxy
 come from Debian (`make bench` installs them); a missing one is reported and skipped. zonegate starts as
 `zonegate run` does for a user (its launcher sets the malloc tunables), without the nftables table
 (`--no-firewall`: the other relays run without one, and the host's firewall is not the benchmark's), and
 multiplexes the clients over one device connection with up to 64 requests in flight: as many as the
-one-connection-per-client relays put on the target with 64 clients.
+one-connection-per-client relays put on the target with 64 clients. Its EtherNet/IP conduit cannot pool:
+a CIP device ties sessions to TCP connections, so every client connection gets a device link of its own,
+as it does through the other relays.
+
+EtherNet/IP keys carry `_enip` after the system (`zonegate_enip_rps_64`, `haproxy_enip_p99_2k_us`, ...);
+`*_enip_cpu_us` is the relay's CPU per request with 64 clients.
 
 Besides each relay's CPU per request, the report gives the load generator's and the target's
 (`*_loadgen_cpu_us_per_request_*`, `*_target_cpu_us_per_request_*`): on a 2-core machine all three share
@@ -33,6 +41,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +60,18 @@ from zonegate.controlplane.pki import DevPki, generate  # noqa: E402
 REQUEST_TAIL = bytes.fromhex("0000 0006 01 03 0000 0001")  # after the tid: read holding register 0
 REPLY_LENGTH = 11
 TARGET_VALUE = 0x4242
+
+# EtherNet/IP: a SendRRData (null address item, unconnected data item) carrying Read Tag "Bench", 1 element
+ENIP_HEADER = 24
+ENIP_READ_TAG = bytes((0x4C, 4)) + b"\x91\x05Bench\x00" + b"\x01\x00"
+ENIP_REQUEST_CPF = (struct.pack("<IHH", 0, 0, 2) + struct.pack("<HH", 0, 0)
+                    + struct.pack("<HH", 0xB2, len(ENIP_READ_TAG)) + ENIP_READ_TAG)
+# its reply: Read Tag success, INT 0x4242
+ENIP_REPLY_CIP = bytes((0xCC, 0, 0, 0)) + struct.pack("<HH", 0x00C3, TARGET_VALUE)
+ENIP_REPLY_CPF = (struct.pack("<IHH", 0, 0, 2) + struct.pack("<HH", 0, 0)
+                  + struct.pack("<HH", 0xB2, len(ENIP_REPLY_CIP)) + ENIP_REPLY_CIP)
+ENIP_REPLY_LENGTH = ENIP_HEADER + len(ENIP_REPLY_CPF)
+ENIP_TARGET_SESSION = 0x5EC0_0001
 
 POLICY = """\
 version: 1
@@ -71,6 +92,34 @@ rules:
 listeners:
   - name: bench
     protocol: modbus_tls
+    bind: 127.0.0.1:{port}
+    devices: [target]
+    tls: {{cert: server.crt, key: server.key, ca: ca.crt}}
+    max_outstanding: 100
+metrics: {{bind: 127.0.0.1:{metrics}}}
+audit: {{path: "-", max_per_second: 10}}
+"""
+
+ENIP_POLICY = """\
+version: 1
+zones:
+  cell-a: {{subnet: 127.0.0.0/8}}
+devices:
+  target:
+    zone: cell-a
+    enip: {{host: 127.0.0.1, port: {target}, timeout: 5s, max_connections: 64}}
+principals:
+  operator: {{tls_role: Operator}}
+rules:
+  - id: operator-read
+    principal: operator
+    device: target
+    cip:
+      - services: [read_tag]
+        tags: ["Bench"]
+listeners:
+  - name: bench
+    protocol: enip_tls
     bind: 127.0.0.1:{port}
     devices: [target]
     tls: {{cert: server.crt, key: server.key, ca: ca.crt}}
@@ -109,11 +158,48 @@ class _TargetProtocol(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
-def serve_target(port: int) -> None:
+class _EnipTargetProtocol(asyncio.Protocol):
+    """RegisterSession gets a fixed handle, every SendRRData the same Read Tag reply, UnRegisterSession a close.
+
+    The reply echoes the request's session handle and sender context (what a relay matches replies by);
+    other commands are not answered: the benchmark sends none.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        out = []
+        offset = 0
+        while len(buf) - offset >= ENIP_HEADER:
+            end = offset + ENIP_HEADER + int.from_bytes(buf[offset + 2 : offset + 4], "little")
+            if end > len(buf):
+                break
+            command = buf[offset]
+            if command == 0x6F:
+                out.append(b"\x6f\x00" + len(ENIP_REPLY_CPF).to_bytes(2, "little") + buf[offset + 4 : offset + 8]
+                           + b"\x00\x00\x00\x00" + buf[offset + 12 : offset + 24] + ENIP_REPLY_CPF)
+            elif command == 0x65:
+                out.append(buf[offset : offset + 4] + ENIP_TARGET_SESSION.to_bytes(4, "little")
+                           + buf[offset + 8 : end])
+            elif command == 0x66:
+                self.transport.close()
+                return
+            offset = end
+        self.buffer = buf[offset:]
+        if out:
+            self.transport.write(b"".join(out))
+
+
+def serve_target(port: int, protocol: str = "modbus") -> None:
     import uvloop
 
+    factory = _EnipTargetProtocol if protocol == "enip" else _TargetProtocol
+
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(_TargetProtocol, "127.0.0.1", port)
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", port)
         async with server:
             await server.serve_forever()
 
@@ -183,6 +269,60 @@ class _Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.run.stopped:
             self.run.result.errors += 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before it was ready"))
+
+
+class _EnipClient(_Client):
+    """An EtherNet/IP connection: RegisterSession first (ready on its reply), then SendRRData Read Tags.
+
+    Requests are told apart by their sender context (the transaction counter); anything but the target's
+    Read Tag reply to one in flight (a relay's refusal or gateway answer, say) counts as an error.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.head = b""
+        register = struct.pack("<HHII8sI", 0x65, 4, 0, 0, bytes(8), 0) + struct.pack("<HH", 1, 0)  # version 1
+        self.transport.write(register)
+
+    def send(self, at: float | None = None) -> None:
+        self.tid = (self.tid + 1) & 0xFFFF
+        self.sent[self.tid] = at if at is not None else time.perf_counter()
+        self.transport.write(self.head + self.tid.to_bytes(8, "little") + self.tail)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        now = time.perf_counter()
+        offset = 0
+        while len(buf) - offset >= ENIP_HEADER:
+            end = offset + ENIP_HEADER + int.from_bytes(buf[offset + 2 : offset + 4], "little")
+            if end > len(buf):
+                break
+            command = buf[offset]
+            if command == 0x65 and not self.ready.done():
+                if buf[offset + 8 : offset + 12] != b"\x00\x00\x00\x00":
+                    self.ready.set_exception(ConnectionError("RegisterSession refused"))
+                else:
+                    session = buf[offset + 4 : offset + 8]
+                    self.head = b"\x6f\x00" + len(ENIP_REQUEST_CPF).to_bytes(2, "little") + session + bytes(4)
+                    self.tail = bytes(4) + ENIP_REQUEST_CPF
+                    self.ready.set_result(None)
+                offset = end
+                continue
+            tid = int.from_bytes(buf[offset + 12 : offset + 20], "little")
+            ok = (command == 0x6F and end - offset == ENIP_REPLY_LENGTH
+                  and buf[offset + 8 : offset + 12] == b"\x00\x00\x00\x00"
+                  and buf[end - len(ENIP_REPLY_CIP) : end] == ENIP_REPLY_CIP)
+            offset = end
+            started = self.sent.pop(tid, None)
+            if started is None or not ok:
+                self.run.result.errors += 1
+                continue
+            self.run.record(now - started)
+            if self.closed_loop and not self.run.stopped:
+                self.send()
+        self.buffer = buf[offset:]
 
 
 class _Run:
@@ -197,20 +337,25 @@ class _Run:
             self.result.latencies_us.append(seconds * 1e6)
 
 
-async def _connect(port: int, context: ssl.SSLContext | None, run: _Run, closed_loop: bool) -> _Client:
+CLIENTS: dict[str, type[_Client]] = {"modbus": _Client, "enip": _EnipClient}
+
+
+async def _connect(port: int, context: ssl.SSLContext | None, run: _Run, closed_loop: bool,
+                   protocol: str = "modbus") -> _Client:
     loop = asyncio.get_running_loop()
+    kind = CLIENTS[protocol]
     _, client = await loop.create_connection(
-        lambda: _Client(run, closed_loop), "127.0.0.1", port, ssl=context,
+        lambda: kind(run, closed_loop), "127.0.0.1", port, ssl=context,
         server_hostname="127.0.0.1" if context else None,
     )
-    await client.ready
+    await asyncio.wait_for(client.ready, 10)
     return client
 
 
 async def closed_loop(port: int, context: ssl.SSLContext | None, clients: int, warmup: float,
-                      duration: float) -> Result:
+                      duration: float, protocol: str = "modbus") -> Result:
     run = _Run()
-    conns = [await _connect(port, context, run, True) for _ in range(clients)]
+    conns = [await _connect(port, context, run, True, protocol) for _ in range(clients)]
     for conn in conns:
         conn.send()
     await asyncio.sleep(warmup)
@@ -226,9 +371,9 @@ async def closed_loop(port: int, context: ssl.SSLContext | None, clients: int, w
 
 
 async def fixed_rate(port: int, context: ssl.SSLContext | None, clients: int, rate: float, warmup: float,
-                     duration: float) -> Result:
+                     duration: float, protocol: str = "modbus") -> Result:
     run = _Run()
-    conns = [await _connect(port, context, run, False) for _ in range(clients)]
+    conns = [await _connect(port, context, run, False, protocol) for _ in range(clients)]
     interval = clients / rate
     start = time.perf_counter() + 0.01
     end = start + warmup + duration
@@ -305,15 +450,17 @@ def _process(argv: list[str], port: int, env: dict[str, str] | None = None) -> I
 
 
 @contextmanager
-def relay(system: str, work: Path, pki: DevPki, target: int) -> Iterator[tuple[int, int | None]]:
+def relay(system: str, work: Path, pki: DevPki, target: int,
+          protocol: str = "modbus") -> Iterator[tuple[int, int | None]]:
     """Start `system` in front of the target; yields (port to connect to, relay pid or None)."""
     if system == "direct":
         yield target, None
         return
     port = free_port()
     if system == "zonegate":
-        policy = work / "bench-policy.yaml"
-        policy.write_text(POLICY.format(target=target, port=port, metrics=free_port()))
+        policy = work / f"bench-policy-{protocol}.yaml"
+        template = ENIP_POLICY if protocol == "enip" else POLICY
+        policy.write_text(template.format(target=target, port=port, metrics=free_port()))
         # As a user starts it (the launcher sets its own malloc tunables), but without the boundary table:
         # the other relays run without one, and the host's own firewall is not the benchmark's to change.
         argv = [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
@@ -379,21 +526,31 @@ async def idle_connections(port: int, context: ssl.SSLContext, count: int) -> li
 async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pki = generate(work / "pki")
     context = client_context(pki)
-    target_port = free_port()
     out: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, {os.uname().release}", "tls": "1.3, ECDSA P-256"}
+    for protocol in args.protocols:
+        await measure_protocol(args, work, pki, context, protocol, out)
+    return out
+
+
+async def measure_protocol(args: argparse.Namespace, work: Path, pki: DevPki, context: ssl.SSLContext,
+                           protocol: str, out: dict[str, Any]) -> None:
+    """One half of the benchmark (its own target process); keys are `{system}[_enip]_...`."""
+    target_port = free_port()
     warmup, duration = (0.2, 0.5) if args.quick else (1.0, args.duration)
     rate_duration = 0.5 if args.quick else args.duration
-    with _process([sys.executable, __file__, "--serve-target", str(target_port)], target_port) as target:
-        for system in args.systems:
-            if not available(system):
-                print(f"# {system}: not installed, skipped", file=sys.stderr)
+    argv = [sys.executable, __file__, "--serve-target", str(target_port), "--target-protocol", protocol]
+    with _process(argv, target_port) as target:
+        for system_name in args.systems:
+            if not available(system_name):
+                print(f"# {system_name}: not installed, skipped", file=sys.stderr)
                 continue
-            with relay(system, work, pki, target_port) as (port, pid):
-                tls = None if system == "direct" else context
+            system = system_name if protocol == "modbus" else f"{system_name}_{protocol}"
+            with relay(system_name, work, pki, target_port, protocol) as (port, pid):
+                tls = None if system_name == "direct" else context
                 for clients in args.clients:
                     cpu_before = _cpu_seconds(pid) if pid else 0.0
                     load_before, target_before = _own_cpu_seconds(), _cpu_seconds(target.pid)
-                    result = await closed_loop(port, tls, clients, warmup, duration)
+                    result = await closed_loop(port, tls, clients, warmup, duration, protocol)
                     cpu = (_cpu_seconds(pid) - cpu_before) if pid else 0.0
                     load_cpu, target_cpu = _own_cpu_seconds() - load_before, _cpu_seconds(target.pid) - target_before
                     out[f"{system}_rps_{clients}"] = round(result.rps)
@@ -404,25 +561,28 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         # CPU over warm-up and measurement, per request measured (an upper bound)
                         total = result.requests * (warmup + duration) / duration
                         out[f"{system}_cpu_us_per_request_{clients}"] = round(cpu / total * 1e6, 1)
+                        if protocol != "modbus" and clients == 64:
+                            out[f"{system}_cpu_us"] = out[f"{system}_cpu_us_per_request_{clients}"]
                     if result.requests:
                         total = result.requests * (warmup + duration) / duration
                         out[f"{system}_loadgen_cpu_us_per_request_{clients}"] = round(load_cpu / total * 1e6, 1)
                         out[f"{system}_target_cpu_us_per_request_{clients}"] = round(target_cpu / total * 1e6, 1)
                     if result.errors:
                         out[f"{system}_errors_{clients}"] = result.errors
-                fixed = await fixed_rate(port, tls, 16, 2000.0, warmup, rate_duration)
+                fixed = await fixed_rate(port, tls, 16, 2000.0, warmup, rate_duration, protocol)
                 out[f"{system}_rps_2k"] = round(fixed.rps)
                 out[f"{system}_p50_2k_us"] = round(fixed.percentile(50), 1)
                 out[f"{system}_p99_2k_us"] = round(fixed.percentile(99), 1)
                 out[f"{system}_p999_2k_us"] = round(fixed.percentile(99.9), 1)
-                if pid and system in args.idle:
+                if fixed.errors:
+                    out[f"{system}_errors_2k"] = fixed.errors
+                if pid and protocol == "modbus" and system in args.idle:
                     count = 100 if args.quick else 1000
                     transports = await idle_connections(port, context, count)
                     await asyncio.sleep(0.5)
                     out[f"{system}_idle{count}_rss_mb"] = round(_rss_mb(pid), 1)
                     for transport in transports:
                         transport.close()
-    return out
 
 
 def main() -> int:
@@ -433,11 +593,16 @@ def main() -> int:
     parser.add_argument("--systems", default="direct,stunnel,haproxy,zonegate")
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--idle", default="zonegate,haproxy,stunnel", help="systems whose idle RSS is measured")
+    half = parser.add_mutually_exclusive_group()
+    half.add_argument("--modbus-only", action="store_true", help="only the Modbus/TCP half")
+    half.add_argument("--enip-only", action="store_true", help="only the EtherNet/IP half")
     parser.add_argument("--serve-target", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--target-protocol", choices=("modbus", "enip"), default="modbus", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_target is not None:
-        serve_target(args.serve_target)
+        serve_target(args.serve_target, args.target_protocol)
         return 0
+    args.protocols = ["enip"] if args.enip_only else ["modbus"] if args.modbus_only else ["modbus", "enip"]
     args.systems = [s for s in args.systems.split(",") if s]
     args.clients = [int(c) for c in args.clients.split(",") if c]
     args.idle = [s for s in args.idle.split(",") if s]
@@ -458,6 +623,15 @@ def main() -> int:
     if out.get("haproxy_p99_2k_us"):
         ratio = out.get("zonegate_p99_2k_us", 0) / out["haproxy_p99_2k_us"]
         print(f"zonegate_p99_2k_us / haproxy_p99_2k_us = {ratio:.2f} (target <= 1.5)")
+    for wanted, base, ratio in (("zonegate_enip_rps_64", "haproxy_enip_rps_64", 1.2),
+                                ("zonegate_enip_rps_64", "stunnel_enip_rps_64", 1.5)):
+        if out.get(base):
+            print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target >= {ratio})")
+    for wanted, base in (("zonegate_enip_p99_2k_us", "haproxy_enip_p99_2k_us"),
+                         ("zonegate_enip_cpu_us", "haproxy_enip_cpu_us")):
+        target = "<= 1.5" if "p99" in wanted else "<= 1.0"
+        if out.get(base):
+            print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target {target})")
     return 0
 
 

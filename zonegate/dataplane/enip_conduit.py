@@ -54,6 +54,9 @@ WRITE_SERVICES: Final = frozenset((
 CIP_RESOURCE_UNAVAILABLE: Final = 0x02
 REASON_UNKNOWN_PRINCIPAL: Final = 1
 _RELAYED: Final = (frames.SEND_RR_DATA, frames.SEND_UNIT_DATA)
+_SESSION_BOUND: Final = (*_RELAYED, frames.UNREGISTER_SESSION)
+_FORWARD_OPENS: Final = (0x54, 0x5B)  # Forward Open, Large Forward Open
+_SEND_RR_DATA_BYTES: Final = frames.SEND_RR_DATA.to_bytes(2, "little")
 
 
 def reason_name(reason: int) -> str:
@@ -84,8 +87,8 @@ class _Message:
 
     __slots__ = ("header", "items", "leaves")
 
-    def __init__(self, frame: bytes) -> None:
-        self.header = frames.Header.read(frame)
+    def __init__(self, frame: bytes, header: frames.Header) -> None:
+        self.header = header
         self.items = frames.items(frame) if self.header.command in _RELAYED else None
         self.leaves: list[tuple[Any, ...]] | None = None
         cip = self.items.cip if self.items is not None else None
@@ -212,8 +215,10 @@ class EnipConduit:
             client.principal_index = (
                 generation.policy.principal_index(client.principal) if client.principal else UNKNOWN_INDEX
             )
+            client.device = self.device_for(client)
+            client.device_index = generation.policy.device_index(client.device) if client.device else UNKNOWN_INDEX
         header = frames.Header.read(frame)
-        if header.command in (*_RELAYED, frames.UNREGISTER_SESSION) and (
+        if header.command in _SESSION_BOUND and (
             client.registered is None or header.session != client.registered
         ):
             self.metrics.framing_errors.labels(client.name, "invalid_session").inc()
@@ -221,10 +226,10 @@ class EnipConduit:
                      client.identity.peer, header.command, header.session)
             client.answer(frames.encap_error(frame, frames.STATUS_INVALID_SESSION))
             return
-        device = self.device_for(client)
-        device_index = generation.policy.device_index(device) if device else UNKNOWN_INDEX
-        decision = generation.policy.engine.decide_enip(client.principal_index, device_index, client.session, frame)
-        message = _Message(frame)
+        device = client.device  # both looked up once per policy generation, with the principal
+        decision = generation.policy.engine.decide_enip(client.principal_index, client.device_index, client.session,
+                                                        frame)
+        message = _Message(frame, header)
         verdict = decision.verdict
         self.metrics.count_request(client.name, client.principal or UNKNOWN, device or UNKNOWN,
                                    message.function(decision), verdict, reason_name(decision.reason))
@@ -310,6 +315,8 @@ class EnipConduit:
         now = time.monotonic()
         deadline = now + client.listener.settings.request_timeout
         pending = EnipPending(frame, message.service(decision), now, deadline, t_o)
+        if message.leaves is not None:
+            pending.opens = any(leaf[1] in _FORWARD_OPENS for leaf in message.leaves)
         if link is None:
             client.answer(pending.fault())
             return
@@ -319,7 +326,7 @@ class EnipConduit:
     def forwarded_reply(self, client: EnipClient, frame: bytes, pending: EnipPending) -> None:
         total = time.monotonic() - pending.started
         self.metrics.gateway_latency_observe(client.name, max(0.0, total - pending.upstream_seconds))
-        if frame[0:2] == frames.SEND_RR_DATA.to_bytes(2, "little"):
+        if pending.opens and frame[0:2] == _SEND_RR_DATA_BYTES:
             parsed = frames.items(frame)
             ids = frames.forward_open_ids(parsed.cip) if parsed is not None and parsed.cip else None
             if ids is not None:

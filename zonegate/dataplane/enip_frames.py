@@ -151,10 +151,18 @@ class Items:
 
 
 _MAX_ITEMS: Final = 8
+# item count 2, null address item (type 0, length 0), unconnected data item type: the common layout
+_PLAIN_UNCONNECTED: Final = struct.pack("<HHHH", 2, ITEM_NULL_ADDRESS, 0, ITEM_UNCONNECTED_DATA)
 
 
 def items(frame: bytes) -> Items | None:
     """The address and data items of a SendRRData / SendUnitData message, or None if they are not there."""
+    if frame[HEADER_SIZE + 6 : HEADER_SIZE + 14] == _PLAIN_UNCONNECTED:
+        # what nearly every SendRRData is: a null address item, then the unconnected data item
+        length = int.from_bytes(frame[HEADER_SIZE + 14 : HEADER_SIZE + 16], "little")
+        if HEADER_SIZE + 16 + length <= len(frame):
+            return Items(ITEM_NULL_ADDRESS, b"", ITEM_UNCONNECTED_DATA,
+                         frame[HEADER_SIZE + 16 : HEADER_SIZE + 16 + length])
     data = frame[HEADER_SIZE:]
     if len(data) < 8:
         return None

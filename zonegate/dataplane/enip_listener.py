@@ -52,6 +52,8 @@ class EnipClient(ClientConnection):
         self.link: EnipLink | None = None
         self.t_o: dict[int, int] = {}  # O->T connection id -> T->O, from the Forward Open replies seen
         self.local: tuple[str, int] | None = None
+        self.device: str | None = None  # the listener's device and its engine index, per policy generation
+        self.device_index = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -93,11 +95,12 @@ class EnipClient(ClientConnection):
         if self.ready and not self.paused:
             self._process()
 
-    def _process(self) -> None:
+    def _process(self, now: float | None = None) -> None:
+        # `now` as the Modbus listener's: its handshake ends by calling this with bytes that came during it
         buf = self.buffer
         offset = 0
         max_outstanding = self.listener.settings.max_outstanding
-        while not self.closed and not self.draining:
+        while not self.closed and not self.draining and offset < len(buf):
             if self.outstanding >= max_outstanding:
                 if not self.paused and self.transport is not None:
                     self.paused = True

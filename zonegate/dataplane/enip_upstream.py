@@ -52,7 +52,7 @@ class LinkOwner(Protocol):
 class EnipPending:
     """One forwarded message, from the client's write to the device's reply (or the gateway's answer)."""
 
-    __slots__ = ("frame", "service", "t_o", "started", "deadline", "sent", "upstream_seconds", "wire")
+    __slots__ = ("frame", "service", "t_o", "started", "deadline", "sent", "upstream_seconds", "wire", "opens")
 
     def __init__(self, frame: bytes, service: int, started: float, deadline: float, t_o: int | None = None) -> None:
         self.frame = frame  # as the client sent it (its own session handle)
@@ -63,6 +63,9 @@ class EnipPending:
         self.sent = 0.0
         self.upstream_seconds = 0.0
         self.wire = b""  # as sent to the device (the link's session handle)
+        # whether the message may hold a Forward Open, whose reply names a connection the client may use:
+        # only then is the reply read for it (unknown: assume so)
+        self.opens = True
 
     def fault(self) -> bytes:
         return frames.unreachable(self.frame, self.service, self.t_o)
@@ -83,6 +86,8 @@ class EnipDevice:
         self.identity: bytes | None = None
         self.identity_waiters: list[Callable[[bytes | None], None]] = []
         self.tasks: set[asyncio.Task[None]] = set()
+        self.dirty: list[EnipLink] = []  # links with messages to write at the end of this loop pass
+        self.flush_scheduled = False
 
     # -- links --------------------------------------------------------------------------------------------
 
@@ -124,6 +129,29 @@ class EnipDevice:
 
     def link_closed(self, link: EnipLink) -> None:
         self.links.discard(link)
+
+    def write_later(self, link: EnipLink) -> None:
+        """Write `link`'s messages at the end of this loop pass, with every other link's: one callback.
+
+        Each link is a socket of its own, so this saves no system call; it keeps the device's wake-ups
+        from preempting the loop in the middle of a pass, so a pass decides more clients' requests.
+        """
+        self.dirty.append(link)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self.flush_scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for link in dirty:
+            if link.flush_scheduled:
+                try:
+                    link.flush()
+                except Exception:  # one link's transport failing must not keep the others' messages
+                    log.exception("device %s: internal error writing a request", self.settings.name)
+                    link.out.clear()
+                    link._abort("internal_error")
 
     # -- identity -----------------------------------------------------------------------------------------
 
@@ -188,6 +216,8 @@ class EnipLink(asyncio.Protocol):
         self.waiting: deque[EnipPending] = deque()  # until the session is registered
         self.inflight: list[EnipPending] = []
         self.buffer = b""
+        self.out: list[bytes] = []  # sent at the end of this loop pass (EnipDevice.write_later)
+        self.flush_scheduled = False
         self.register_deadline = 0.0
         self.sweep_handle: asyncio.TimerHandle | None = None
         self.tick = max(0.01, min(0.1, device.settings.timeout / 5))
@@ -220,7 +250,7 @@ class EnipLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data if self.buffer else data
         offset = 0
-        while not self.closed:
+        while not self.closed and offset < len(buf):
             complete, n = frames.split(buf[offset:] if offset else buf)
             if complete is None:
                 self.buffer = b""
@@ -242,8 +272,8 @@ class EnipLink(asyncio.Protocol):
             self._abort("bad_reply")
 
     def _reply(self, reply: bytes) -> None:
-        header = frames.Header.read(reply)
         if not self.ready:
+            header = frames.Header.read(reply)
             if header.command == frames.REGISTER_SESSION and header.status == 0 and header.session != 0:
                 self.session = header.session
                 self.ready = True
@@ -260,7 +290,7 @@ class EnipLink(asyncio.Protocol):
                 now = time.monotonic()
                 pending.upstream_seconds = now - pending.sent
                 self.device.observer.upstream_latency(self.name, pending.upstream_seconds)
-                self.owner.deliver(frames.with_session(accepted, frames.Header.read(pending.frame).session), pending)
+                self.owner.deliver(accepted[:4] + pending.frame[4:8] + accepted[8:], pending)  # the client's handle
                 if self.closing and not self.inflight:
                     self.close()
                 return
@@ -327,8 +357,20 @@ class EnipLink(asyncio.Protocol):
         if deadline < pending.deadline:
             pending.deadline = deadline
         self.inflight.append(pending)
-        assert self.transport is not None
-        self.transport.write(pending.wire)
+        self.out.append(pending.wire)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.device.write_later(self)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if out and self.transport is not None and not self.closed and not self.transport.is_closing():
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self.transport.write(data)
+        else:
+            out.clear()
 
     def _send_waiting(self) -> None:
         now = time.monotonic()
@@ -376,6 +418,7 @@ class EnipLink(asyncio.Protocol):
             return
         if self.transport is not None and not self.transport.is_closing():
             if self.ready:
+                self.flush()  # what is in flight goes first: the device answers it before the session ends
                 self.transport.write(frames.unregister_request(self.session))
             self.transport.close()
         else:
