@@ -77,12 +77,11 @@ pub struct Port {
 }
 
 /// A short list kept inline up to `N` items and on the heap past that: a parsed tag name has a few parts
-/// of a few elements each, and an allocation per part would cost more than parsing the path. The heap
-/// form is a boxed slice (two words) so that the inline form decides the size.
+/// of a few elements each, and an allocation per part would cost more than parsing the path.
 #[derive(Clone)]
 pub enum InlineVec<T, const N: usize> {
     Inline { len: u8, items: [T; N] },
-    Heap(Box<[T]>),
+    Heap(Vec<T>),
 }
 
 impl<T: Default, const N: usize> Default for InlineVec<T, N> {
@@ -99,17 +98,13 @@ impl<T: Default, const N: usize> InlineVec<T, N> {
                 *len += 1;
             }
             InlineVec::Inline { items, .. } => {
-                let mut heap = Vec::with_capacity(N + 1);
+                let mut heap = Vec::with_capacity(2 * N);
                 heap.extend(items.iter_mut().map(std::mem::take));
                 heap.push(v);
-                *self = InlineVec::Heap(heap.into_boxed_slice());
+                *self = InlineVec::Heap(heap);
             }
-            // Past N items is rare (a name of many parts, an array of many dimensions).
-            InlineVec::Heap(heap) => {
-                let mut grown = std::mem::take(heap).into_vec();
-                grown.push(v);
-                *heap = grown.into_boxed_slice();
-            }
+            // Growth stays amortised: a hostile path may hold a couple of hundred element segments.
+            InlineVec::Heap(heap) => heap.push(v),
         }
     }
 
@@ -173,29 +168,51 @@ impl<T: Default, const N: usize> From<Vec<T>> for InlineVec<T, N> {
 /// Longest tag name part kept inline (Logix allows 40 characters; most names are far shorter).
 const SYMBOL_INLINE: usize = 22;
 
-/// A tag name part's characters (`[A-Za-z0-9_:]`, as the parser accepts them), inline when short.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Symbol(InlineVec<u8, SYMBOL_INLINE>);
+/// A tag name part's characters (`[A-Za-z0-9_:]`, as the parser accepts them), inline when short. Never
+/// grows once read, so a longer one is a boxed slice (two words, which keeps the inline form the size).
+#[derive(Clone)]
+pub enum Symbol {
+    Inline { len: u8, bytes: [u8; SYMBOL_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Default for Symbol {
+    fn default() -> Self {
+        Symbol::Inline { len: 0, bytes: [0; SYMBOL_INLINE] }
+    }
+}
+
+/// Equal when the characters are, wherever they are kept.
+impl PartialEq for Symbol {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl Eq for Symbol {}
 
 impl Symbol {
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match self {
+            Symbol::Inline { len, bytes } => &bytes[..*len as usize],
+            Symbol::Heap(heap) => heap,
+        }
     }
 
     /// The name as text; every byte the parser keeps is ASCII.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
 impl From<&[u8]> for Symbol {
     fn from(s: &[u8]) -> Self {
         if s.len() <= SYMBOL_INLINE {
-            let mut items = [0u8; SYMBOL_INLINE];
-            items[..s.len()].copy_from_slice(s);
-            Symbol(InlineVec::Inline { len: s.len() as u8, items })
+            let mut bytes = [0u8; SYMBOL_INLINE];
+            bytes[..s.len()].copy_from_slice(s);
+            Symbol::Inline { len: s.len() as u8, bytes }
         } else {
-            Symbol(InlineVec::Heap(s.into()))
+            Symbol::Heap(s.into())
         }
     }
 }
@@ -522,4 +539,55 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
         p.anomalies |= Anomalies::MIXED_ADDRESSING;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn symbol(out: &mut Vec<u8>, name: &str) {
+        out.extend_from_slice(&[0x91, name.len() as u8]);
+        out.extend_from_slice(name.as_bytes());
+        if name.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+
+    /// Names, parts and elements past what is kept inline read the same as short ones.
+    #[test]
+    fn long_names_many_parts_and_many_elements_spill_to_the_heap_unchanged() {
+        let long = "Program:A_Very_Long_Program_Name_40_chars";
+        let mut bytes = Vec::new();
+        symbol(&mut bytes, long);
+        for e in 0..200u32 {
+            bytes.extend_from_slice(&[0x28, e as u8]);
+        }
+        for name in ["B", "C", "D", "E"] {
+            symbol(&mut bytes, name);
+        }
+        let p = parse_path(&bytes).unwrap();
+        let tag = p.tag.as_ref().unwrap();
+        assert_eq!(tag.parts.len(), 5);
+        assert_eq!(tag.parts[0].name.as_str(), long);
+        assert_eq!(tag.parts[0].elements, (0..200).collect::<Vec<u32>>());
+        let names: Vec<&str> = tag.parts.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [long, "B", "C", "D", "E"]);
+        let elements: String = (0..200).map(|e: u32| e.to_string()).collect::<Vec<_>>().join(",");
+        assert_eq!(tag.text(), format!("{long}[{elements}].B.C.D.E"));
+    }
+
+    #[test]
+    fn inline_and_heap_forms_compare_by_content() {
+        let short: InlineVec<u32, 4> = vec![1, 2].into();
+        let mut spilled: InlineVec<u32, 4> = vec![1, 2, 3, 4, 5].into();
+        assert!(matches!(spilled, InlineVec::Heap(_)));
+        assert_ne!(short, spilled);
+        let heap_short = InlineVec::<u32, 4>::Heap(vec![1, 2]);
+        assert_eq!(short, heap_short);
+        spilled.push(6);
+        assert_eq!(spilled, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(Symbol::from("x".repeat(30).as_str()), Symbol::Heap(b"x".repeat(30).into()));
+        assert_eq!(Symbol::from("Abc"), Symbol::Heap(b"Abc".to_vec().into()));
+        assert_eq!(format!("{:?}", Symbol::from("Abc")), "\"Abc\"");
+    }
 }
