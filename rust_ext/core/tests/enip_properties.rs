@@ -113,7 +113,7 @@ fn generated_paths_read_back_as_written() {
                     logical(2, e, w, &mut bytes);
                     elements.push(e);
                 }
-                tag.parts.push(TagPart { name, elements });
+                tag.parts.push(TagPart { name: name.as_str().into(), elements: elements.into() });
             }
             want.tag = Some(tag);
         }

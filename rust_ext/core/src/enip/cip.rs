@@ -11,7 +11,7 @@
 //! Connection Manager (class 0x06) and Read Tag Fragmented to a Logix tag. The result carries the
 //! resolved [`Service`], the [`Path`], the [`Access`] kind and [`Anomalies`]: what the policy matches on.
 
-use super::epath::{parse_path, Path, PathError};
+use super::epath::{read_path, Path, PathError};
 use super::le16;
 
 /// Anomaly flags set on a request while parsing: not errors, but worth a policy's or an auditor's eye.
@@ -437,6 +437,29 @@ pub struct Request<'a> {
 
 /// Parses one message router request occupying all of `msg`.
 pub fn parse_request(msg: &[u8]) -> Result<Request<'_>, CipError> {
+    let mut req = Request::blank();
+    read_request(msg, &mut req)?;
+    Ok(req)
+}
+
+impl Request<'_> {
+    /// A request with nothing read yet, for [`read_request`] to fill.
+    pub(crate) fn blank() -> Self {
+        Request {
+            code: 0,
+            service: Service::Other(0),
+            path: Path::default(),
+            access: Access::Other,
+            anomalies: Anomalies::empty(),
+            data_type: None,
+            elements: None,
+            data: &[],
+        }
+    }
+}
+
+/// [`parse_request`] into `req` (a [`Request::blank`]), so that a request is read where it is kept.
+pub(crate) fn read_request<'a>(msg: &'a [u8], req: &mut Request<'a>) -> Result<(), CipError> {
     if msg.len() < 2 {
         return Err(CipError::Truncated);
     }
@@ -448,9 +471,10 @@ pub fn parse_request(msg: &[u8]) -> Result<Request<'_>, CipError> {
     if msg.len() - 2 < path_len {
         return Err(CipError::PathTruncated);
     }
-    let path = parse_path(&msg[2..2 + path_len]).map_err(CipError::Path)?;
+    read_path(&msg[2..2 + path_len], &mut req.path).map_err(CipError::Path)?;
+    let path = &req.path;
     let data = &msg[2 + path_len..];
-    let service = Service::resolve(code, &path);
+    let service = Service::resolve(code, path);
     let mut anomalies = path.anomalies;
     if !path.has_target() {
         anomalies |= Anomalies::NO_TARGET;
@@ -487,7 +511,14 @@ pub fn parse_request(msg: &[u8]) -> Result<Request<'_>, CipError> {
     if short {
         anomalies |= Anomalies::SHORT_DATA;
     }
-    Ok(Request { code, service, access: service.access(), path, anomalies, data_type, elements, data })
+    req.code = code;
+    req.service = service;
+    req.access = service.access();
+    req.anomalies = anomalies;
+    req.data_type = data_type;
+    req.elements = elements;
+    req.data = data;
+    Ok(())
 }
 
 /// One message router response.

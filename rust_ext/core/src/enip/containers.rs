@@ -15,7 +15,7 @@
 //! [`MAX_LEAVES`]; past either the message is refused, never partly decided. Each leaf keeps the route
 //! the Unconnected Sends around it add, outermost hop first.
 
-use super::cip::{parse_request, CipError, Request, Service};
+use super::cip::{read_request, CipError, Request, Service};
 use super::epath::{parse_path, Port};
 use super::le16;
 
@@ -77,6 +77,13 @@ pub fn parse_unconnected_send(data: &[u8]) -> Result<UnconnectedSend<'_>, CipErr
 
 /// Reads a Multiple Service Packet's request data: the inner requests' bytes, in order.
 pub fn parse_multiple_service(data: &[u8]) -> Result<Vec<&[u8]>, CipError> {
+    let count = check_multiple_service(data)?;
+    Ok((0..count).map(|i| inner_request(data, count, i)).collect())
+}
+
+/// Checks a Multiple Service Packet's count and offset table: the number of requests it carries. Every
+/// offset is checked before any request is read, so a bad table refuses the packet whatever is inside.
+fn check_multiple_service(data: &[u8]) -> Result<usize, CipError> {
     if data.len() < 2 {
         return Err(CipError::DataTruncated);
     }
@@ -91,7 +98,6 @@ pub fn parse_multiple_service(data: &[u8]) -> Result<Vec<&[u8]>, CipError> {
     if data.len() < table_end {
         return Err(CipError::DataTruncated);
     }
-    let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let start = le16(data, 2 + 2 * i) as usize;
         let end = if i + 1 < count { le16(data, 4 + 2 * i) as usize } else { data.len() };
@@ -99,39 +105,56 @@ pub fn parse_multiple_service(data: &[u8]) -> Result<Vec<&[u8]>, CipError> {
         if start < table_end || end > data.len() || end < start + 2 {
             return Err(CipError::BadOffsets);
         }
-        out.push(&data[start..end]);
     }
-    Ok(out)
+    Ok(count)
+}
+
+/// Request `i` of a packet [`check_multiple_service`] accepted.
+fn inner_request(data: &[u8], count: usize, i: usize) -> &[u8] {
+    let start = le16(data, 2 + 2 * i) as usize;
+    let end = if i + 1 < count { le16(data, 4 + 2 * i) as usize } else { data.len() };
+    &data[start..end]
 }
 
 /// Unwraps every container in one message router request; the leaves are what gets decided.
 pub fn flatten(msg: &[u8]) -> Result<Leaves<'_>, CipError> {
-    let mut out = Vec::new();
+    // Most messages are one request; a container reserves what it holds.
+    let mut out = Vec::with_capacity(1);
     walk(msg, 0, &[], &mut out)?;
     Ok(out)
 }
 
 fn walk<'a>(msg: &'a [u8], depth: u8, route: &[Port], out: &mut Leaves<'a>) -> Result<(), CipError> {
-    let req = parse_request(msg)?;
-    match req.service {
+    // The request is read into its place in `out` (a leaf is a few hundred bytes, and moving it out of
+    // the parser costs more than reading it); a container's slot is given back once it is read.
+    let slot = out.len();
+    out.push(Leaf { request: Request::blank(), depth, route: Vec::new() });
+    read_request(msg, &mut out[slot].request)?;
+    let (service, data) = (out[slot].request.service, out[slot].request.data);
+    match service {
         Service::MultipleServicePacket | Service::UnconnectedSend if depth >= MAX_DEPTH => Err(CipError::TooDeep),
         Service::MultipleServicePacket => {
-            for inner in parse_multiple_service(req.data)? {
-                walk(inner, depth + 1, route, out)?;
+            out.truncate(slot);
+            let count = check_multiple_service(data)?;
+            // Reserved once, so the list does not move its leaves again and again as it grows.
+            out.reserve(count.min(MAX_LEAVES - slot.min(MAX_LEAVES)));
+            for i in 0..count {
+                walk(inner_request(data, count, i), depth + 1, route, out)?;
             }
             Ok(())
         }
         Service::UnconnectedSend => {
-            let us = parse_unconnected_send(req.data)?;
+            out.truncate(slot);
+            let us = parse_unconnected_send(data)?;
             let mut hops = route.to_vec();
             hops.extend(us.route);
             walk(us.message, depth + 1, &hops, out)
         }
         _ => {
-            if out.len() >= MAX_LEAVES {
+            if slot >= MAX_LEAVES {
                 return Err(CipError::TooManyRequests);
             }
-            out.push(Leaf { request: req, depth, route: route.to_vec() });
+            out[slot].route = route.to_vec();
             Ok(())
         }
     }

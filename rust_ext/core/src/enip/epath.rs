@@ -76,35 +76,192 @@ pub struct Port {
     pub link: Vec<u8>,
 }
 
-/// One dot-separated part of a tag name and the array elements that follow it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A short list kept inline up to `N` items and on the heap past that: a parsed tag name has a few parts
+/// of a few elements each, and an allocation per part would cost more than parsing the path.
+#[derive(Clone)]
+pub enum InlineVec<T, const N: usize> {
+    Inline { len: u8, items: [T; N] },
+    Heap(Vec<T>),
+}
+
+impl<T: Default, const N: usize> Default for InlineVec<T, N> {
+    fn default() -> Self {
+        InlineVec::Inline { len: 0, items: std::array::from_fn(|_| T::default()) }
+    }
+}
+
+impl<T: Default, const N: usize> InlineVec<T, N> {
+    pub fn push(&mut self, v: T) {
+        match self {
+            InlineVec::Inline { len, items } if (*len as usize) < N => {
+                items[*len as usize] = v;
+                *len += 1;
+            }
+            InlineVec::Inline { items, .. } => {
+                let mut heap = Vec::with_capacity(2 * N);
+                heap.extend(items.iter_mut().map(std::mem::take));
+                heap.push(v);
+                *self = InlineVec::Heap(heap);
+            }
+            // Growth stays amortised: a hostile path may hold a couple of hundred element segments.
+            InlineVec::Heap(heap) => heap.push(v),
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut T> {
+        match self {
+            InlineVec::Inline { len, items } => items[..*len as usize].last_mut(),
+            InlineVec::Heap(heap) => heap.last_mut(),
+        }
+    }
+}
+
+impl<T, const N: usize> std::ops::Deref for InlineVec<T, N> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            InlineVec::Inline { len, items } => &items[..*len as usize],
+            InlineVec::Heap(heap) => heap,
+        }
+    }
+}
+
+impl<'a, T, const N: usize> IntoIterator for &'a InlineVec<T, N> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T: std::fmt::Debug, const N: usize> std::fmt::Debug for InlineVec<T, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Equal when the items are, wherever they are kept.
+impl<T: PartialEq, const N: usize> PartialEq for InlineVec<T, N> {
+    fn eq(&self, o: &Self) -> bool {
+        **self == **o
+    }
+}
+
+impl<T: Eq, const N: usize> Eq for InlineVec<T, N> {}
+
+impl<T: PartialEq, const N: usize> PartialEq<Vec<T>> for InlineVec<T, N> {
+    fn eq(&self, o: &Vec<T>) -> bool {
+        **self == **o
+    }
+}
+
+impl<T: Default, const N: usize> From<Vec<T>> for InlineVec<T, N> {
+    fn from(v: Vec<T>) -> Self {
+        let mut out = Self::default();
+        for x in v {
+            out.push(x);
+        }
+        out
+    }
+}
+
+/// Longest tag name part kept inline (Logix allows 40 characters; most names are far shorter).
+const SYMBOL_INLINE: usize = 22;
+
+/// A tag name part's characters (`[A-Za-z0-9_:]`, as the parser accepts them), inline when short. Never
+/// grows once read, so a longer one is a boxed slice (two words, which keeps the inline form the size).
+#[derive(Clone)]
+pub enum Symbol {
+    Inline { len: u8, bytes: [u8; SYMBOL_INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Default for Symbol {
+    fn default() -> Self {
+        Symbol::Inline { len: 0, bytes: [0; SYMBOL_INLINE] }
+    }
+}
+
+/// Equal when the characters are, wherever they are kept.
+impl PartialEq for Symbol {
+    fn eq(&self, o: &Self) -> bool {
+        self.as_bytes() == o.as_bytes()
+    }
+}
+
+impl Eq for Symbol {}
+
+impl Symbol {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Symbol::Inline { len, bytes } => &bytes[..*len as usize],
+            Symbol::Heap(heap) => heap,
+        }
+    }
+
+    /// The name as text; every byte the parser keeps is ASCII.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl From<&[u8]> for Symbol {
+    fn from(s: &[u8]) -> Self {
+        if s.len() <= SYMBOL_INLINE {
+            let mut bytes = [0u8; SYMBOL_INLINE];
+            bytes[..s.len()].copy_from_slice(s);
+            Symbol::Inline { len: s.len() as u8, bytes }
+        } else {
+            Symbol::Heap(s.into())
+        }
+    }
+}
+
+impl From<&str> for Symbol {
+    fn from(s: &str) -> Self {
+        Symbol::from(s.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for Symbol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// One dot-separated part of a tag name and the array elements that follow it (Logix arrays have up to
+/// three dimensions; four fit in the same space).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct TagPart {
-    pub name: String,
-    pub elements: Vec<u32>,
+    pub name: Symbol,
+    pub elements: InlineVec<u32, 4>,
 }
 
 /// A Logix tag name, e.g. `Program:Main.Line1[3,4].Speed`.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct TagName {
-    pub parts: Vec<TagPart>,
+    pub parts: InlineVec<TagPart, 3>,
 }
 
 impl TagName {
     /// The canonical text: parts joined by `.`, elements as `[i]` or `[i,j]` after their part.
     pub fn text(&self) -> String {
-        let mut s = String::new();
+        use std::fmt::Write;
+        // Sized once: the text goes into every decision's audit fields.
+        let size: usize = self.parts.iter().map(|p| p.name.as_bytes().len() + 1 + 11 * p.elements.len()).sum();
+        let mut s = String::with_capacity(size + 1);
         for (i, p) in self.parts.iter().enumerate() {
             if i > 0 {
                 s.push('.');
             }
-            s.push_str(&p.name);
+            s.push_str(p.name.as_str());
             if !p.elements.is_empty() {
                 s.push('[');
                 for (j, e) in p.elements.iter().enumerate() {
                     if j > 0 {
                         s.push(',');
                     }
-                    s.push_str(&e.to_string());
+                    let _ = write!(s, "{e}");
                 }
                 s.push(']');
             }
@@ -147,8 +304,20 @@ impl Path {
     }
 }
 
+/// The characters a symbol may hold, `[A-Za-z0-9_:]`, as a table: one load per character.
+const SYMBOL_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+        c += 1;
+    }
+    t
+};
+
 fn symbol_ok(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+    !s.is_empty() && s.iter().all(|&c| SYMBOL_CHARS[c as usize])
 }
 
 /// Where the walk is, so ordering rules can be checked.
@@ -161,6 +330,13 @@ enum Stage {
 /// Parses a padded EPATH occupying all of `buf` (the caller cut it by the path size in words).
 pub fn parse_path(buf: &[u8]) -> Result<Path, PathError> {
     let mut p = Path::default();
+    read_path(buf, &mut p)?;
+    Ok(p)
+}
+
+/// [`parse_path`] into a path the caller holds (a fresh [`Path::default`]): a request's path is read
+/// where the request will stay, rather than built here and moved out through every caller.
+pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
     let mut i = 0usize;
     let mut stage = Stage::Route;
     // Rank of the last class/instance/attribute segment seen: logical addresses go class, instance,
@@ -347,9 +523,10 @@ pub fn parse_path(buf: &[u8]) -> Result<Path, PathError> {
                         // A symbol after a logical address: instance addressing mixed with names.
                         p.anomalies |= Anomalies::MIXED_ADDRESSING;
                     }
-                    // Only ASCII was accepted above, so this conversion cannot fail.
-                    let name = s.iter().map(|&c| c as char).collect();
-                    p.tag.get_or_insert_with(TagName::default).parts.push(TagPart { name, elements: Vec::new() });
+                    p.tag
+                        .get_or_insert_with(Default::default)
+                        .parts
+                        .push(TagPart { name: Symbol::from(s), elements: InlineVec::default() });
                     i = at + padded;
                 }
                 _ => return Err(err(PathErrorKind::Unsupported)),
@@ -361,5 +538,56 @@ pub fn parse_path(buf: &[u8]) -> Result<Path, PathError> {
     if p.tag.is_some() && p.class.is_some() {
         p.anomalies |= Anomalies::MIXED_ADDRESSING;
     }
-    Ok(p)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn symbol(out: &mut Vec<u8>, name: &str) {
+        out.extend_from_slice(&[0x91, name.len() as u8]);
+        out.extend_from_slice(name.as_bytes());
+        if name.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+
+    /// Names, parts and elements past what is kept inline read the same as short ones.
+    #[test]
+    fn long_names_many_parts_and_many_elements_spill_to_the_heap_unchanged() {
+        let long = "Program:A_Very_Long_Program_Name_40_chars";
+        let mut bytes = Vec::new();
+        symbol(&mut bytes, long);
+        for e in 0..200u32 {
+            bytes.extend_from_slice(&[0x28, e as u8]);
+        }
+        for name in ["B", "C", "D", "E"] {
+            symbol(&mut bytes, name);
+        }
+        let p = parse_path(&bytes).unwrap();
+        let tag = p.tag.as_ref().unwrap();
+        assert_eq!(tag.parts.len(), 5);
+        assert_eq!(tag.parts[0].name.as_str(), long);
+        assert_eq!(tag.parts[0].elements, (0..200).collect::<Vec<u32>>());
+        let names: Vec<&str> = tag.parts.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [long, "B", "C", "D", "E"]);
+        let elements: String = (0..200).map(|e: u32| e.to_string()).collect::<Vec<_>>().join(",");
+        assert_eq!(tag.text(), format!("{long}[{elements}].B.C.D.E"));
+    }
+
+    #[test]
+    fn inline_and_heap_forms_compare_by_content() {
+        let short: InlineVec<u32, 4> = vec![1, 2].into();
+        let mut spilled: InlineVec<u32, 4> = vec![1, 2, 3, 4, 5].into();
+        assert!(matches!(spilled, InlineVec::Heap(_)));
+        assert_ne!(short, spilled);
+        let heap_short = InlineVec::<u32, 4>::Heap(vec![1, 2]);
+        assert_eq!(short, heap_short);
+        spilled.push(6);
+        assert_eq!(spilled, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(Symbol::from("x".repeat(30).as_str()), Symbol::Heap(b"x".repeat(30).into()));
+        assert_eq!(Symbol::from("Abc"), Symbol::Heap(b"Abc".to_vec().into()));
+        assert_eq!(format!("{:?}", Symbol::from("Abc")), "\"Abc\"");
+    }
 }
