@@ -24,6 +24,7 @@ from zonegate.controlplane.audit import AuditLog, utc_now
 from zonegate.controlplane.metrics import Metrics, function_name
 from zonegate.controlplane.tls import client_context, server_context
 from zonegate.dataplane.config import DeviceSettings, ListenerSettings, RuntimeSettings
+from zonegate.dataplane.end_of_pass import EndOfPass
 from zonegate.dataplane.listener import ClientConnection, Listener
 from zonegate.dataplane.transparent import DeviceMap
 from zonegate.dataplane.upstream import GATEWAY_PATH_UNAVAILABLE, LATENCY_BOUNDS, DevicePool, Pending
@@ -98,8 +99,7 @@ class Conduit:
         self.listeners: list[Listener] = []
         self.request_counts = metrics.request_counts()
         self.gateway_series: dict[str, list[float]] = {}
-        self.dirty: list[ClientConnection] = []  # clients with replies to write at the end of this pass
-        self.flush_scheduled = False
+        self.replies: EndOfPass[ClientConnection] = EndOfPass(self.loop, self._flush_failed)
         self._build_pools(settings)
         self.metrics.policy_loaded(settings.source_hash)
         self._watch_certificates(settings)
@@ -245,21 +245,11 @@ class Conduit:
 
     def flush_later(self, client: ClientConnection) -> None:
         """Write `client`'s replies at the end of this loop pass, with every other client's: one callback."""
-        self.dirty.append(client)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush_dirty)
+        self.replies.add(client)
 
-    def _flush_dirty(self) -> None:
-        self.flush_scheduled = False
-        dirty, self.dirty = self.dirty, []
-        for client in dirty:
-            if client.flush_scheduled:
-                try:
-                    client.flush()
-                except Exception:  # one client's transport failing must not keep the others' replies
-                    log.exception("%s: internal error writing to %s", client.name, client.identity.peer)
-                    client.close()
+    def _flush_failed(self, client: ClientConnection) -> None:
+        log.exception("%s: internal error writing to %s", client.name, client.identity.peer)
+        client.close()
 
     # -- audit ----------------------------------------------------------------------------------------------
 

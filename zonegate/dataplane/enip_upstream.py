@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol, cast
 
 from zonegate.dataplane import enip_frames as frames
 from zonegate.dataplane.enip_config import EnipDeviceSettings
+from zonegate.dataplane.end_of_pass import EndOfPass
 from zonegate.dataplane.upstream import BACKOFF_FIRST, BACKOFF_MAX, PoolObserver
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,7 @@ class EnipDevice:
         self.identity: bytes | None = None
         self.identity_waiters: list[Callable[[bytes | None], None]] = []
         self.tasks: set[asyncio.Task[None]] = set()
-        self.dirty: list[EnipLink] = []  # links with messages to write at the end of this loop pass
-        self.flush_scheduled = False
+        self.requests: EndOfPass[EnipLink] = EndOfPass(self.loop, self._write_failed)
 
     # -- links --------------------------------------------------------------------------------------------
 
@@ -136,22 +136,12 @@ class EnipDevice:
         Each link is a socket of its own, so this saves no system call; it keeps the device's wake-ups
         from preempting the loop in the middle of a pass, so a pass decides more clients' requests.
         """
-        self.dirty.append(link)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush_dirty)
+        self.requests.add(link)
 
-    def _flush_dirty(self) -> None:
-        self.flush_scheduled = False
-        dirty, self.dirty = self.dirty, []
-        for link in dirty:
-            if link.flush_scheduled:
-                try:
-                    link.flush()
-                except Exception:  # one link's transport failing must not keep the others' messages
-                    log.exception("device %s: internal error writing a request", self.settings.name)
-                    link.out.clear()
-                    link._abort("internal_error")
+    def _write_failed(self, link: EnipLink) -> None:
+        log.exception("device %s: internal error writing a request", self.settings.name)
+        link.out.clear()
+        link._abort("internal_error")
 
     # -- identity -----------------------------------------------------------------------------------------
 
