@@ -501,6 +501,22 @@ class _Bucket:
     last: int
 
 
+def charge(buckets: dict[tuple[int, int, int], _Bucket], key: tuple[int, int, int], rate: _Rate,
+           now_ns: int) -> bool:
+    """Take one token from the bucket at `key` (docs/engine.md section 4: integers only, as in Rust)."""
+    capacity = rate.burst * rate.period_ns
+    bucket = buckets.get(key)
+    if bucket is None:
+        bucket = buckets[key] = _Bucket(level=capacity, last=now_ns)
+    elapsed = max(0, now_ns - bucket.last)
+    bucket.level = min(capacity, bucket.level + elapsed * rate.count)
+    bucket.last = max(bucket.last, now_ns)
+    if bucket.level >= rate.period_ns:
+        bucket.level -= rate.period_ns
+        return True
+    return False
+
+
 def _units(raw: Any) -> tuple[tuple[int, int], ...] | None:
     if raw is None:
         return None
@@ -620,17 +636,7 @@ class ReferenceModel:
         return None
 
     def _charge(self, key: tuple[int, int, int], rate: _Rate, now_ns: int) -> bool:
-        capacity = rate.burst * rate.period_ns
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(level=capacity, last=now_ns)
-        elapsed = max(0, now_ns - bucket.last)
-        bucket.level = min(capacity, bucket.level + elapsed * rate.count)
-        bucket.last = max(bucket.last, now_ns)
-        if bucket.level >= rate.period_ns:
-            bucket.level -= rate.period_ns
-            return True
-        return False
+        return charge(self._buckets, key, rate, now_ns)
 
 
 def _holder(ranges: tuple[_ValueRange, ...], address: int) -> _ValueRange | None:

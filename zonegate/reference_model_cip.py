@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from .reference_model import ALLOW, ALLOWED, DENY, MALFORMED, NO_MATCHING_RULE, RATE_EXCEEDED, UNKNOWN_PRINCIPAL
-from .reference_model import WOULD_DENY, _Bucket, _Rate
+from .reference_model import WOULD_DENY, _Bucket, _Rate, charge
 
 ROUTE_NOT_ALLOWED: Final = 10
 SERVICE_NOT_ALLOWED: Final = 11
@@ -331,17 +331,7 @@ class CipReferenceModel:
                            route_text(hops))
 
     def _charge(self, key: tuple[int, int, int], rate: _Rate, now_ns: int) -> bool:
-        capacity = rate.burst * rate.period_ns
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(level=capacity, last=now_ns)
-        elapsed = max(0, now_ns - bucket.last)
-        bucket.level = min(capacity, bucket.level + elapsed * rate.count)
-        bucket.last = max(bucket.last, now_ns)
-        if bucket.level >= rate.period_ns:
-            bucket.level -= rate.period_ns
-            return True
-        return False
+        return charge(self._buckets, key, rate, now_ns)
 
 
 # --- encapsulation messages (section 6) -------------------------------------------------------------
