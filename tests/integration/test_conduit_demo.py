@@ -1,5 +1,5 @@
 """`zonegate demo` end to end (on free ports, so it can run beside a real demo): the tour's steps and the
-audit line of the refused write appear in its output."""
+audit lines of the refused writes appear in its output."""
 
 from __future__ import annotations
 
@@ -9,17 +9,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import require
+from zonegate.demo.press import cpppo_missing
 from zonegate.demo.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# every port demo.yaml names: the simulated PLCs', the listeners', the historian's, metrics and OPC UA
+DEMO_PORTS = ("5020", "44818", "8802", "2221", "8803", "8502", "9802", "4840")
 
 
-def test_demo_tour(tmp_path: Path) -> None:
+def demo_policy(tmp_path: Path, keep: tuple[str, ...] = ()) -> Path:
+    """demo.yaml with every port but `keep` (host:port strings) moved to a free one."""
     text = (ROOT / "policies" / "demo.yaml").read_text()
-    for port in ("5020", "8802", "8803", "8502", "9802", "4840"):
+    for port in DEMO_PORTS:
+        kept = [k for k in keep if k.endswith(f":{port}")]
+        if kept:
+            continue
         text = text.replace(f":{port}", f":{free_port()}").replace(f"port: {port}", f"port: {free_port()}")
     policy = tmp_path / "demo.yaml"
     policy.write_text(text)
+    return policy
+
+
+def test_demo_tour(tmp_path: Path) -> None:
+    require(cpppo_missing() is None, "cpppo (the press controller simulator) is not installed")
+    policy = demo_policy(tmp_path)
     result = subprocess.run([sys.executable, "-m", "zonegate.cli", "demo", "-c", str(policy)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -27,7 +41,7 @@ def test_demo_tour(tmp_path: Path) -> None:
     assert "refused with Modbus exception 01" in out
     assert "forwarded and written (mode monitor)" in out
     audit = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    modbus = [r for r in audit if r["conduit"] != "opcua"]
+    modbus = [r for r in audit if r["conduit"] == "l3-modbus-security"]
     assert [(r["verdict"], r["values"]) for r in modbus][:3] == [
         ("allow", [800]), ("deny", [5000]), ("would_deny", [5000])]
     assert 'zonegate_requests_total{conduit="l3-modbus-security"' in out
@@ -38,6 +52,32 @@ def test_demo_tour(tmp_path: Path) -> None:
     opcua = [(r["principal"]["opcua_user"], r["verdict"], r["value"]) for r in audit if r["conduit"] == "opcua"]
     assert opcua == [("operator", "allow", 60.0), ("historian", "deny", 90.0)]
     assert 'zonegate_requests_total{conduit="opcua"' in out and "zonegate_opcua_sessions" in out
+    # the EtherNet/IP part: the allowed write read back, the write to an unnamed tag and the Stop refused 0x0F
+    assert "Press_Strokes = 128734" in out
+    assert "written; read back through zonegate: Press_SpeedSP = 55" in out
+    assert "refused with CIP general status 0x0F (privilege violation); the press never saw it" in out
+    assert "refused with CIP general status 0x0F (privilege violation); the press keeps running" in out
+    assert "on the press itself (zone side, past zonegate): Press_ForceLimit = 250.0" in out
+    enip = [(r["function"], r["target"], r["verdict"], r["reason"], r.get("general_status"))
+            for r in audit if r["conduit"] == "l3-enip"]
+    assert enip == [("write_tag", "Press_SpeedSP", "allow", "allowed", None),
+                    ("write_tag", "Press_ForceLimit", "deny", "target_not_allowed", 0x0F),
+                    ("stop", "class 0x01 instance 1", "deny", "service_not_allowed", 0x0F)]
+    assert 'zonegate_requests_total{conduit="l3-enip",device="press-plc",function="write_tag"' in out
+
+
+def test_demo_without_cpppo_skips_the_ethernet_ip_part(tmp_path: Path) -> None:
+    """cpppo is an optional extra: hidden from the interpreter, the demo says so in one line and runs the rest."""
+    policy = demo_policy(tmp_path)
+    hide = ("import sys; sys.modules['cpppo'] = None; from zonegate.cli import main; "
+            f"sys.exit(main(['demo', '-c', {str(policy)!r}]))")
+    result = subprocess.run([sys.executable, "-c", hide], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    skipped = [line for line in out.splitlines() if "EtherNet/IP part skipped" in line]
+    assert skipped == ["== EtherNet/IP part skipped: cpppo is not installed (pip install -e '.[demo]')"]
+    assert "Press_" not in out
+    assert "refused with Modbus exception 01" in out and "holding 100 on the PLC is now 600" in out
 
 
 def test_demo_serve_keeps_running_until_sigterm(tmp_path: Path) -> None:
@@ -49,13 +89,9 @@ def test_demo_serve_keeps_running_until_sigterm(tmp_path: Path) -> None:
     from zonegate.controlplane.pki import DevPki
     from zonegate.demo.stack import client_ssl_context
 
-    text = (ROOT / "policies" / "demo.yaml").read_text()
     listen = free_port()
-    text = text.replace("127.0.0.1:8802", f"127.0.0.1:{listen}")
-    for port in ("5020", "8803", "8502", "9802", "4840"):
-        text = text.replace(f":{port}", f":{free_port()}").replace(f"port: {port}", f"port: {free_port()}")
-    policy = tmp_path / "demo.yaml"
-    policy.write_text(text)
+    policy = demo_policy(tmp_path, keep=("127.0.0.1:8802",))
+    policy.write_text(policy.read_text().replace("127.0.0.1:8802", f"127.0.0.1:{listen}"))
     process = subprocess.Popen([sys.executable, "-m", "zonegate.cli", "demo", "--serve", "-c", str(policy)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -28,7 +28,8 @@ def test_check_valid_policy_prints_one_summary_line() -> None:
     assert result.stderr == ""
     [line] = result.stdout.splitlines()
     assert line.startswith(
-        "policies/demo.yaml: ok, mode enforce: 2 zones, 2 devices, 6 principals, 7 rules, 7 allow entries, 2 listeners;"
+        "policies/demo.yaml: ok, mode enforce: 2 zones, 3 devices, 6 principals, 8 rules, 7 allow entries, 2 cip entries, "
+        "3 listeners;"
     )
     assert line.endswith(load([DEMO]).source_hash[:16])
 

@@ -159,11 +159,13 @@ def test_demo_ir(tmp_path: Path) -> None:
     assert ir["principals"][5] == {"name": "opcua-poller", "tls_roles": [], "subjects": [], "opcua_users": [], "sources": []}
     assert ir["devices"] == [
         {"name": "tank-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 5020, "units": [[1, 1]], "enip": None},
+        {"name": "press-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 44818, "units": None,
+         "enip": {"host": "127.0.0.1", "port": 44818}},
         {"name": "l3-historian", "zone": "level3", "host": "127.0.0.1", "port": 8803, "units": [[1, 1]], "enip": None},
     ]
     rules = {rule["id"]: rule for rule in ir["rules"]}
     assert list(rules) == ["operator-read", "operator-setpoints", "engineer-maintenance", "viewer-read", "opcua-poll",
-                           "historian-read", "hmi-push-historian"]
+                           "historian-read", "operator-press", "hmi-push-historian"]
     assert rules["opcua-poll"]["principals"] == [5]
     assert rules["opcua-poll"]["allow"] == [
         {"functions": [[3, None]], "ranges": ranges(holding_registers=[span(0, 109)]), "max_quantity": None, "rate": None}
@@ -183,7 +185,7 @@ def test_demo_ir(tmp_path: Path) -> None:
     assert keys(engineer["functions"]) == set(READ_WRITE | DIAGNOSTICS)
     assert not {(8, 1), (8, 4)} & keys(engineer["functions"])
     assert keys(rules["viewer-read"]["allow"][0]["functions"]) == set(READ_ONLY)
-    assert rules["hmi-push-historian"]["principals"] == [3] and rules["hmi-push-historian"]["devices"] == [1]
+    assert rules["hmi-push-historian"]["principals"] == [3] and rules["hmi-push-historian"]["devices"] == [2]
     assert rules["hmi-push-historian"]["allow"][0]["rate"] == {"count": 20, "period_ns": 1_000_000_000, "burst": 40}
 
 

@@ -17,7 +17,7 @@ DEMO = ROOT / "policies" / "demo.yaml"
 
 def test_demo_listeners_devices_and_defaults(tmp_path: Path) -> None:
     policy = load([DEMO], pki_dir=tmp_path)
-    north, zone_side = policy.listeners
+    north, enip_north, zone_side = policy.listeners
     assert (north.name, north.protocol, north.host, north.port) == ("l3-modbus-security", "modbus_tls", "127.0.0.1", 8802)
     assert north.bind == Endpoint(host="127.0.0.1", port=8802)
     assert north.devices == ("tank-plc",)
@@ -29,6 +29,12 @@ def test_demo_listeners_devices_and_defaults(tmp_path: Path) -> None:
     assert (north.max_outstanding, north.idle_timeout, north.request_timeout) == (10, 300.0, 5.0)
     assert north.allow_from is None
     assert (zone_side.protocol, zone_side.port, zone_side.tls) == ("modbus", 8502, None)
+    assert (enip_north.name, enip_north.protocol, enip_north.port, enip_north.devices) == (
+        "l3-enip", "enip_tls", 2221, ("press-plc",))
+    assert enip_north.tls is not None and enip_north.tls.cert == tmp_path.resolve() / "server.crt"
+    press = policy.devices["press-plc"].enip
+    assert press is not None and (press.host, press.port, press.max_connections, press.timeout) == (
+        "127.0.0.1", 44818, 2, 2.0)
     plc = policy.devices["tank-plc"].modbus
     assert (plc.host, plc.port, plc.units, plc.max_connections, plc.pipelining, plc.timeout) == (
         "127.0.0.1", 5020, ((1, 1),), 1, False, 2.0

@@ -1,4 +1,4 @@
-"""`zonegate demo`: a simulated tank PLC, a development PKI and zonegate, with a narrated tour."""
+"""`zonegate demo`: a simulated tank PLC and press controller, a development PKI and zonegate, with a narrated tour."""
 
 from __future__ import annotations
 
@@ -29,6 +29,6 @@ def demo(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"zonegate demo: {exc} (is another demo or service using ports 5020, 8802, 8502, 9802, 4840?)",
-              file=sys.stderr)
+        print(f"zonegate demo: {exc} (is another demo or service using ports 5020, 44818, 8802, 2221, 8502, "
+              "9802, 4840?)", file=sys.stderr)
         return 1

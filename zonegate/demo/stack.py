@@ -1,5 +1,5 @@
-"""The demo stack: a zonegate conduit (and its OPC UA converter) run inside the current event loop, and
-TLS contexts for its clients.
+"""The demo stack: a zonegate conduit (with its EtherNet/IP listeners and its OPC UA converter) run inside
+the current event loop, and TLS contexts for its clients.
 
 `zonegate demo` and the integration tests drive the same pieces `zonegate run` does (policy load,
 conduit, OPC UA converter on the conduit's device pools, metrics, audit), in one process, so a narrated
@@ -22,6 +22,7 @@ from zonegate.controlplane.pki import DevPki
 from zonegate.controlplane.supervisor import load_settings
 from zonegate.controlplane.tls import TLS12_CIPHERS
 from zonegate.dataplane.conduit import Conduit
+from zonegate.dataplane.enip_conduit import EnipConduit, start_enip
 
 
 def free_port() -> int:
@@ -70,6 +71,21 @@ async def running_conduit(
         await conduit.drain(1.0)
         metrics.stop()
         audit.close()
+
+
+@asynccontextmanager
+async def running_enip(conduit: Conduit) -> AsyncIterator[EnipConduit | None]:
+    """The policy's EtherNet/IP listeners beside `conduit` (None without any); drained on exit.
+
+    They share the conduit's engine, metrics and audit, as under `zonegate run`, so a reload of the conduit
+    (the tour's monitor-mode step) decides their requests too.
+    """
+    enip = await start_enip(conduit, conduit.settings)
+    try:
+        yield enip
+    finally:
+        if enip is not None:
+            await enip.drain(1.0)
 
 
 @asynccontextmanager

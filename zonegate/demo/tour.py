@@ -1,10 +1,13 @@
-"""The narrated demo: a live tank PLC, a development PKI, and zonegate between level 3 and the PLC.
+"""The narrated demo: a live tank PLC, a press controller, a development PKI, and zonegate between level 3
+and the PLCs.
 
 An operator (Modbus/TCP Security client with role Operator) reads the tank, writes an allowed setpoint,
 is refused a setpoint outside the process limits (exception 01, and the audit line that records it),
-sees the same request forwarded but recorded in monitor mode. Then the same PLC's tags over OPC UA
-(SignAndEncrypt, X.509 user certificates): a client reads them, the operator's setpoint write is allowed
-and reaches the PLC, the historian's is refused by the same rules. The tour ends with the metrics that
+sees the same request forwarded but recorded in monitor mode. Then the press controller (cpppo's Logix
+simulator, when cpppo is installed) over EtherNet/IP over TLS: a Read Tag and a Write Tag to the speed
+setpoint allowed and read back, a Write Tag to a tag no rule names and a Stop refused with CIP status 0x0F.
+Then the tank PLC's tags over OPC UA (SignAndEncrypt, X.509 user certificates): a client reads them, the
+operator's setpoint write is allowed and reaches the PLC, the historian's is refused by the same rules. The tour ends with the metrics that
 counted it all. Everything runs on loopback in this process, over real sockets.
 """
 
@@ -22,13 +25,19 @@ from pymodbus.client import AsyncModbusTlsClient
 from zonegate.controlplane.pki import DevPki, generate
 from zonegate.controlplane.supervisor import load_settings
 from zonegate.dataplane.conduit import Conduit
+from zonegate.demo import cip_client
 from zonegate.demo.plc import SETPOINT, SimulatedPlc
-from zonegate.demo.stack import client_ssl_context, running_conduit, running_converter
+from zonegate.demo.press import TAGS as PRESS_TAGS
+from zonegate.demo.press import PressController, cpppo_missing
+from zonegate.demo.stack import client_ssl_context, running_conduit, running_converter, running_enip
 
 DEFAULT_POLICY: Final = Path(__file__).resolve().parents[2] / "policies" / "demo.yaml"
 SHOWN_METRICS: Final = ("zonegate_requests_total", "zonegate_upstream_up", "zonegate_active_connections",
                         "zonegate_policy_reloads_total", "zonegate_opcua_sessions", "zonegate_opcua_bad_variables")
 OPCUA_SETPOINT: Final = "Tank/InflowSetpoint"
+PRESS_DEVICE: Final = "press-plc"
+PRESS_SETPOINT: Final = "Press_SpeedSP"
+PRESS_LIMIT: Final = "Press_ForceLimit"
 
 
 def say(text: str) -> None:
@@ -43,29 +52,57 @@ async def tour(policy: Path, serve: bool, work: Path) -> int:
     plc = SimulatedPlc(device.port, live=True, initial={SETPOINT: 500})
     await plc.start()
     say(f"tank PLC simulator on {device.host}:{device.port} (unit 1; level in holding 0, setpoint in 100)")
+    press = await start_press(settings.enip.devices.get(PRESS_DEVICE), work)
     try:
         async with running_conduit([policy], pki.directory, serve_metrics=True) as conduit, \
+                running_enip(conduit) as enip, \
                 running_converter([policy], pki.directory, conduit) as converter:
             listener = next(x for x in conduit.listeners if x.settings.protocol == "modbus_tls")
             host, port = listener.settings.host, listener.port
             say(f"zonegate: Modbus/TCP Security on {host}:{port}, metrics on "
                 f"http://{settings.metrics_bind[0]}:{settings.metrics_bind[1]}/metrics, mode {settings.mode}")
+            enip_listener = next((x for x in enip.listeners if x.settings.protocol == "enip_tls"), None) \
+                if enip is not None else None
+            if enip_listener is not None:
+                say(f"zonegate: EtherNet/IP over TLS on {enip_listener.settings.host}:{enip_listener.port} "
+                    f"(principal from the client certificate)")
             if converter is not None:
                 say(f"zonegate: OPC UA on {converter.endpoint} (SignAndEncrypt; the PLC's tags, polled as "
                     f"{converter.settings.poll_principal})")
             if serve:
                 print_connect_help(host, port, pki.directory, settings.metrics_bind,
-                                   converter.endpoint if converter is not None else None)
+                                   converter.endpoint if converter is not None else None,
+                                   (enip_listener.settings.host, enip_listener.port)
+                                   if press is not None and enip_listener is not None else None)
                 await _until_signalled()
                 say("stopping")
                 return 0
             await narrate(conduit, policy, pki.directory, host, port, settings.metrics_bind, work)
+            if press is not None and enip_listener is not None:
+                await narrate_enip(pki, enip_listener.settings.host, enip_listener.port, press)
             if converter is not None:
                 await narrate_opcua(converter, pki, plc)
             await show_metrics(settings.metrics_bind)
     finally:
+        if press is not None:
+            await press.stop()
         await plc.stop()
     return 0
+
+
+async def start_press(device: Any, work: Path) -> PressController | None:
+    """The press controller simulator, or None (and one line saying why) when it cannot run here."""
+    if device is None:
+        return None
+    why = cpppo_missing()
+    if why is not None:
+        say(f"EtherNet/IP part skipped: {why}")
+        return None
+    press = PressController(device.host, device.port, work / "press-simulator.log")
+    await press.start()
+    say(f"press controller (cpppo's Logix simulator) on {device.host}:{device.port}: "
+        + ", ".join(f"{name} {type_name}" for name, (type_name, _value) in PRESS_TAGS.items()))
+    return press
 
 
 async def narrate(conduit: Conduit, policy: Path, pki_dir: Path, host: str, port: int,
@@ -100,6 +137,41 @@ async def narrate(conduit: Conduit, policy: Path, pki_dir: Path, host: str, port
         await client.write_register(SETPOINT, 800, device_id=1)
     finally:
         client.close()
+
+
+async def narrate_enip(pki: DevPki, host: str, port: int, press: PressController) -> None:
+    """The press over EtherNet/IP over TLS: raw CIP in Unconnected Sends to backplane slot 0."""
+    say("EtherNet/IP over TLS: operator (role Operator) registers a session and reads the press tags (Read Tag)")
+    client = await cip_client.CipClient.connect(host, port, client_ssl_context(pki, "operator"))
+    try:
+        for tag in ("Press_State", "Press_Speed", PRESS_SETPOINT, "Press_Force", "Press_Strokes"):
+            reply = await client.read(tag)
+            print(f"   {tag} = {reply.value() if reply.ok else 'refused ' + reply.status_text}")
+
+        say(f"operator writes {PRESS_SETPOINT} = 55 (allowed: rule operator-press, Write Tag to {PRESS_SETPOINT})")
+        wrote = await client.write(PRESS_SETPOINT, "INT", 55)
+        back = await client.read(PRESS_SETPOINT)
+        print(f"   {'written' if wrote.ok else 'refused ' + wrote.status_text}; read back through zonegate: "
+              f"{PRESS_SETPOINT} = {back.value() if back.ok else back.status_text}")
+
+        say(f"operator writes {PRESS_LIMIT} = 400.0 (no rule names that tag)")
+        refused = await client.write(PRESS_LIMIT, "REAL", 400.0)
+        print(f"   refused with CIP general status {refused.status_text}; the press never saw it "
+              f"(the audit line above records the denial)" if not refused.ok else "   unexpectedly written")
+
+        say("operator sends Stop (0x07) to the controller's Identity object")
+        stopped = await client.send(cip_client.routed(cip_client.stop()))
+        print(f"   refused with CIP general status {stopped.status_text}; the press keeps running"
+              if not stopped.ok else "   unexpectedly accepted")
+    finally:
+        await client.close()
+    direct = await cip_client.CipClient.connect(press.host, press.port)
+    try:
+        limit = await direct.read(PRESS_LIMIT)
+        print(f"   on the press itself (zone side, past zonegate): {PRESS_LIMIT} = "
+              f"{limit.value() if limit.ok else limit.status_text}")
+    finally:
+        await direct.close()
 
 
 async def narrate_opcua(converter: Any, pki: DevPki, plc: SimulatedPlc) -> None:
@@ -193,7 +265,7 @@ async def _until_signalled() -> None:
 
 
 def print_connect_help(host: str, port: int, pki_dir: Path, metrics_bind: tuple[str, int],
-                       opcua: str | None = None) -> None:
+                       opcua: str | None = None, enip: tuple[str, int] | None = None) -> None:
     print(f"""
 Serving until Ctrl-C (or SIGTERM). Connect as the operator, for example with pymodbus:
 
@@ -218,6 +290,17 @@ Metrics: curl http://{metrics_bind[0]}:{metrics_bind[1]}/metrics
     await client.load_client_certificate("{pki_dir}/opcua-user-operator.crt", "pem")
     await client.load_private_key("{pki_dir}/opcua-user-operator.key", extension="pem")
     async with client: ...
+""") + ("" if enip is None else f"""EtherNet/IP over TLS on {enip[0]}:{enip[1]} (the press controller's tags),
+with the demo's CIP client:
+
+    import asyncio, ssl
+    from zonegate.demo.cip_client import CipClient
+    ctx = ssl.create_default_context(cafile="{pki_dir}/ca.crt")
+    ctx.load_cert_chain("{pki_dir}/operator.crt", "{pki_dir}/operator.key")
+    async def main():
+        client = await CipClient.connect("{enip[0]}", {enip[1]}, ctx)
+        print((await client.read("Press_Speed")).value()); await client.close()
+    asyncio.run(main())
 """), flush=True)
 
 
