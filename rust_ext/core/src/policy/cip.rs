@@ -13,6 +13,7 @@ use super::{Span, Verdict};
 use crate::enip::Service;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 pub use super::cip_decide::{cip_texts, leaf_connection, route_text, target_text, EnipSession};
 
@@ -250,8 +251,45 @@ pub(crate) struct CipCandidate {
 pub(crate) struct CipPolicy {
     pub entries: Vec<CompiledCipEntry>,
     /// (principal << 32 | device) -> candidate rules in file order, with their entries bucketed.
-    pub pairs: HashMap<u64, PairIndex>,
+    pub pairs: HashMap<u64, PairIndex, BuildHasherDefault<WordHasher>>,
     pub buckets: Buckets,
+}
+
+/// A multiply-rotate hash over whole words, for the maps looked up once per message and once per leaf.
+/// SipHash's resistance to chosen keys is not needed: the keys are the policy's, fixed when it
+/// compiles; a request only chooses what to look up, which at worst walks one bucket's few keys.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, w: usize) {
+        self.write_u64(w as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Where an entry sits in a pair's walk: index into the pair's candidates, then into `entries`.
@@ -269,7 +307,7 @@ pub(crate) type EntryRef = (u32, u32);
 pub(crate) struct PairIndex {
     pub candidates: Vec<CipCandidate>,
     /// Folded first name part ([`fold`]) -> bucket.
-    names: HashMap<Box<[u8]>, u32>,
+    names: HashMap<Box<[u8]>, u32, BuildHasherDefault<WordHasher>>,
     buckets: Vec<Box<[EntryRef]>>,
 }
 
@@ -289,7 +327,7 @@ impl PairIndex {
                 (c.entries.off..c.entries.off + c.entries.len).map(move |ei| ((ci as u32, ei), &entries[ei as usize]))
             })
         };
-        let mut names: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut names: HashMap<Box<[u8]>, u32, BuildHasherDefault<WordHasher>> = HashMap::default();
         for (_, e) in walk() {
             if let Target::Tags(pats) = &e.target {
                 for first in pats.iter().filter_map(|p| p.first_name()) {
@@ -330,6 +368,9 @@ impl PairIndex {
     #[inline]
     pub(crate) fn bucket(&self, first: Option<&[u8]>) -> &[EntryRef] {
         let Some(name) = first else { return &self.buckets[UNTAGGED] };
+        if self.names.is_empty() {
+            return &self.buckets[OTHER_NAME];
+        }
         let mut buf = [0u8; 64];
         let id = if name.len() <= buf.len() {
             let folded = &mut buf[..name.len()];
