@@ -351,7 +351,9 @@ impl PairIndex {
                         let can = pats.iter().any(|p| match p.first_name() {
                             None => true,
                             Some(first) => {
-                                !name.is_empty() && first.len() == name.len() && first.bytes().map(fold).eq(name.iter().copied())
+                                !name.is_empty()
+                                    && first.len() == name.len()
+                                    && first.bytes().map(fold).eq(name.iter().copied())
                             }
                         });
                         if can {
