@@ -12,8 +12,10 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-use zonegate_core::enip::{flatten, parse_path, split, Split};
-use zonegate_core::policy::cip::{leaf_connection, route_text, CipDecision, EnipSession, NAMED_SERVICES};
+use std::sync::OnceLock;
+
+use zonegate_core::enip::{flatten, parse_path, split, Port, Split};
+use zonegate_core::policy::cip::{cip_texts, leaf_connection, route_text, CipDecision, EnipSession, NAMED_SERVICES};
 
 use crate::py_engine::{index, monotonic_ns, PyEngine};
 
@@ -46,10 +48,26 @@ pub struct PyCipDecision {
     leaves: u32,
     #[pyo3(get)]
     denied_leaf: Option<u32>,
-    #[pyo3(get)]
-    target: String,
-    #[pyo3(get)]
-    route: String,
+    texts: Texts,
+}
+
+/// `target` and `route`: most decisions are allowed and their texts never read, so `decide_cip` keeps
+/// what makes them (the message, the route prefix, the leaf) and makes them on first read.
+enum Texts {
+    Ready(String, String),
+    Lazy { message: Py<PyBytes>, prefix: Vec<Port>, leaf: u32, made: OnceLock<(String, String)> },
+}
+
+impl Texts {
+    fn get(&self, py: Python<'_>) -> (&str, &str) {
+        match self {
+            Texts::Ready(t, r) => (t, r),
+            Texts::Lazy { message, prefix, leaf, made } => {
+                let (t, r) = made.get_or_init(|| cip_texts(message.as_bytes(py), prefix, *leaf));
+                (t, r)
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -62,6 +80,16 @@ impl PyCipDecision {
     #[getter]
     fn malformed(&self) -> Option<&'static str> {
         self.malformed
+    }
+
+    #[getter]
+    fn target(&self, py: Python<'_>) -> &str {
+        self.texts.get(py).0
+    }
+
+    #[getter]
+    fn route(&self, py: Python<'_>) -> &str {
+        self.texts.get(py).1
     }
 
     /// True unless the message must be refused.
@@ -84,13 +112,13 @@ impl PyCipDecision {
             self.service,
             self.leaves,
             opt(self.denied_leaf),
-            self.target,
-            self.route
+            self.texts.get(py).0,
+            self.texts.get(py).1
         )
     }
 }
 
-fn wrap(engine: &PyEngine, py: Python<'_>, d: CipDecision) -> PyCipDecision {
+fn wrap(engine: &PyEngine, py: Python<'_>, d: CipDecision, texts: Option<Texts>) -> PyCipDecision {
     let rule_id = match d.rule.and_then(|i| engine.rule_ids.get(i as usize)) {
         Some(s) => s.clone_ref(py),
         None => engine.empty.clone_ref(py),
@@ -106,8 +134,7 @@ fn wrap(engine: &PyEngine, py: Python<'_>, d: CipDecision) -> PyCipDecision {
         service: d.service,
         leaves: d.leaves,
         denied_leaf: d.denied_leaf,
-        target: d.target,
-        route: d.route,
+        texts: texts.unwrap_or(Texts::Ready(d.target, d.route)),
     }
 }
 
@@ -117,7 +144,7 @@ pub(crate) fn decide_cip(
     py: Python<'_>,
     principal: &Bound<'_, PyAny>,
     device: &Bound<'_, PyAny>,
-    message: &[u8],
+    message: &Bound<'_, PyBytes>,
     now_ns: Option<u64>,
     route: Option<&[u8]>,
 ) -> PyResult<PyCipDecision> {
@@ -133,7 +160,12 @@ pub(crate) fn decide_cip(
         }
     };
     let now = now_ns.unwrap_or_else(monotonic_ns);
-    Ok(wrap(engine, py, engine.inner.decide_cip(p, d, message, &prefix, now)))
+    let (out, leaf) = engine.inner.decide_cip_lazy(p, d, message.as_bytes(), &prefix, now);
+    let texts = match leaf {
+        Some(leaf) => Texts::Lazy { message: message.clone().unbind(), prefix, leaf, made: OnceLock::new() },
+        None => Texts::Ready(String::new(), String::new()),
+    };
+    Ok(wrap(engine, py, out, Some(texts)))
 }
 
 /// `Engine.decide_enip`.
@@ -149,7 +181,7 @@ pub(crate) fn decide_enip(
     let (p, d) = (index(principal)?, index(device)?);
     let now = now_ns.unwrap_or_else(monotonic_ns);
     let mut s = session.try_borrow_mut()?;
-    Ok(wrap(engine, py, engine.inner.decide_enip(p, d, &mut s.inner, frame, now)))
+    Ok(wrap(engine, py, engine.inner.decide_enip(p, d, &mut s.inner, frame, now), None))
 }
 
 /// The connection table of one client connection; pass it to every `Engine.decide_enip` and

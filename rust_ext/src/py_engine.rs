@@ -393,7 +393,7 @@ impl PyEngine {
         py: Python<'_>,
         principal: &Bound<'_, PyAny>,
         device: &Bound<'_, PyAny>,
-        message: &[u8],
+        message: &Bound<'_, PyBytes>,
         now_ns: Option<u64>,
         route: Option<&[u8]>,
     ) -> PyResult<crate::py_cip::PyCipDecision> {

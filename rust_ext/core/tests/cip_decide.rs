@@ -536,6 +536,37 @@ fn the_deepest_failure_decides_and_ties_go_to_the_first_entry() {
 }
 
 #[test]
+fn a_leaf_tries_the_entries_its_first_name_can_match_and_the_walk_order_still_decides() {
+    let e = engine(
+        "enforce",
+        json!([
+            cip_rule("motor", json!([0]), json!([tags(&["read_tag"], &["Motor.Speed"])])),
+            cip_rule(
+                "identity",
+                json!([0]),
+                json!([{"services": ["get_attribute_single"], "classes": [[1, 1]], "instances": null, "attributes": null}])
+            ),
+            cip_rule("amps", json!([0]), json!([tags(&["read_tag"], &["*.Amps"])])),
+            cip_rule("open", json!([0]), json!([{"services": ["forward_open"]}])),
+        ]),
+    );
+    let d = decide(&e, &read_tag("MOTOR.Speed", 1));
+    assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(0)), "first names compare in any case");
+    let d = decide(&e, &read_tag("Pump.Amps", 1));
+    assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(2)), "a `*` first part admits names no pattern names");
+    let d = decide(&e, &read_tag("Motor.Amps", 1));
+    assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(2)), "and names other patterns name");
+    let d = decide(&e, &read_tag("Pump.Speed", 1));
+    assert_eq!((d.reason, d.rule), (CipReason::TargetNotAllowed, Some(0)));
+    // A tag sent to Get Attribute Single: the logical entry passes route and service, so it is the
+    // deepest failure although it is not among the entries a tagged leaf can match.
+    let d = decide(&e, &req(0x0E, &tag_path("Motor"), &[]));
+    assert_eq!((d.reason, d.rule), (CipReason::TargetNotAllowed, Some(1)));
+    let d = decide(&e, &get_single(1, Some(1), Some(1)));
+    assert_eq!((d.verdict, d.rule, d.target.as_str()), (Verdict::Allow, Some(1), "class 0x01 instance 1 attribute 1"));
+}
+
+#[test]
 fn no_candidate_rule_is_no_matching_rule_and_an_unknown_principal_is_refused() {
     let e = engine("monitor", json!([cip_rule("r", json!([0]), json!([tags(&["read_tag"], &["A"])]))]));
     let d = e.decide_cip(ENGINEER, PLC, &read_tag("A", 1), &[], 0);

@@ -13,8 +13,9 @@ use super::{Span, Verdict};
 use crate::enip::Service;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-pub use super::cip_decide::{leaf_connection, route_text, target_text, EnipSession};
+pub use super::cip_decide::{cip_texts, leaf_connection, route_text, target_text, EnipSession};
 
 /// `enip` of an IR device (the conduit dials it; the engine only reads it to check its shape).
 #[derive(Clone, Debug, Deserialize)]
@@ -249,9 +250,142 @@ pub(crate) struct CipCandidate {
 #[derive(Debug, Default)]
 pub(crate) struct CipPolicy {
     pub entries: Vec<CompiledCipEntry>,
-    /// (principal << 32 | device) -> candidate rules in file order.
-    pub pairs: HashMap<u64, Vec<CipCandidate>>,
+    /// (principal << 32 | device) -> candidate rules in file order, with their entries bucketed.
+    pub pairs: HashMap<u64, PairIndex, BuildHasherDefault<WordHasher>>,
     pub buckets: Buckets,
+}
+
+/// A multiply-rotate hash over whole words, for the maps looked up once per message and once per leaf.
+/// SipHash's resistance to chosen keys is not needed: the keys are the policy's, fixed when it
+/// compiles; a request only chooses what to look up, which at worst walks one bucket's few keys.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, w: usize) {
+        self.write_u64(w as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Where an entry sits in a pair's walk: index into the pair's candidates, then into `entries`.
+pub(crate) type EntryRef = (u32, u32);
+
+/// The candidate rules of one (principal, device) pair and, per kind of leaf, the entries that can
+/// pass its target check, in walk order. A leaf only tries its bucket's entries for a match: an entry
+/// outside it fails the target check whatever the route and service, so the first passing entry of the
+/// bucket is the first passing entry of the whole walk.
+///
+/// Buckets: [`UNTAGGED`] (leaves without a tag: every entry that is not a tag entry),
+/// [`OTHER_NAME`] (tagged leaves whose first name part no pattern names: entries with any target and
+/// tag entries with a pattern starting `*`), then one per first name part the pair's patterns name.
+#[derive(Debug, Default)]
+pub(crate) struct PairIndex {
+    pub candidates: Vec<CipCandidate>,
+    /// Folded first name part ([`fold`]) -> bucket.
+    names: HashMap<Box<[u8]>, u32, BuildHasherDefault<WordHasher>>,
+    buckets: Vec<Box<[EntryRef]>>,
+}
+
+pub(crate) const UNTAGGED: usize = 0;
+pub(crate) const OTHER_NAME: usize = 1;
+
+/// The case fold tag names compare under (`cip_tags::same_name`): bit 5 set on every byte.
+#[inline]
+pub(crate) fn fold(c: u8) -> u8 {
+    c | 0x20
+}
+
+impl PairIndex {
+    fn build(candidates: Vec<CipCandidate>, entries: &[CompiledCipEntry]) -> PairIndex {
+        let walk = || {
+            candidates.iter().enumerate().flat_map(move |(ci, c)| {
+                (c.entries.off..c.entries.off + c.entries.len).map(move |ei| ((ci as u32, ei), &entries[ei as usize]))
+            })
+        };
+        let mut names: HashMap<Box<[u8]>, u32, BuildHasherDefault<WordHasher>> = HashMap::default();
+        for (_, e) in walk() {
+            if let Target::Tags(pats) = &e.target {
+                for first in pats.iter().filter_map(|p| p.first_name()) {
+                    let key: Box<[u8]> = first.bytes().map(fold).collect();
+                    let next = names.len() as u32 + 2;
+                    names.entry(key).or_insert(next);
+                }
+            }
+        }
+        let mut buckets: Vec<Vec<EntryRef>> = vec![Vec::new(); names.len() + 2];
+        let mut by_id: Vec<&[u8]> = vec![&[]; names.len() + 2];
+        for (k, v) in &names {
+            by_id[*v as usize] = k;
+        }
+        for (r, e) in walk() {
+            match &e.target {
+                Target::Any => buckets.iter_mut().for_each(|b| b.push(r)),
+                Target::Logical { .. } => buckets[UNTAGGED].push(r),
+                Target::Tags(pats) => {
+                    for (b, name) in buckets.iter_mut().zip(&by_id).skip(OTHER_NAME) {
+                        let can = pats.iter().any(|p| match p.first_name() {
+                            None => true,
+                            Some(first) => {
+                                !name.is_empty()
+                                    && first.len() == name.len()
+                                    && first.bytes().map(fold).eq(name.iter().copied())
+                            }
+                        });
+                        if can {
+                            b.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        PairIndex { candidates, names, buckets: buckets.into_iter().map(Vec::into_boxed_slice).collect() }
+    }
+
+    /// The bucket of a leaf: `first` is its tag's first name part, `None` without a tag.
+    #[inline]
+    pub(crate) fn bucket(&self, first: Option<&[u8]>) -> &[EntryRef] {
+        let Some(name) = first else { return &self.buckets[UNTAGGED] };
+        if self.names.is_empty() {
+            return &self.buckets[OTHER_NAME];
+        }
+        let mut buf = [0u8; 64];
+        let id = if name.len() <= buf.len() {
+            let folded = &mut buf[..name.len()];
+            for (d, s) in folded.iter_mut().zip(name) {
+                *d = fold(*s);
+            }
+            self.names.get(&*folded)
+        } else {
+            let folded: Vec<u8> = name.iter().copied().map(fold).collect();
+            self.names.get(folded.as_slice())
+        };
+        &self.buckets[id.map_or(OTHER_NAME, |i| *i as usize)]
+    }
 }
 
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> IrError {
@@ -446,12 +580,13 @@ impl CipPolicy {
                 return Err(invalid(format!("rules[{ri}]"), "too many rate buckets"));
             }
         }
+        let pairs = pairs.into_iter().map(|(k, c)| (k, PairIndex::build(c, &entries))).collect();
         Ok(CipPolicy { entries, pairs, buckets: Buckets::new(slots as usize) })
     }
 
     #[inline]
-    pub(crate) fn candidates(&self, principal: u32, device: u32) -> &[CipCandidate] {
-        self.pairs.get(&((principal as u64) << 32 | device as u64)).map_or(&[], |v| v.as_slice())
+    pub(crate) fn pair(&self, principal: u32, device: u32) -> Option<&PairIndex> {
+        self.pairs.get(&((principal as u64) << 32 | device as u64))
     }
 }
 

@@ -146,6 +146,15 @@ pub fn target_text(req: &Request<'_>) -> String {
     s
 }
 
+/// The audit texts (`target`, `route`) of leaf `leaf` of `msg` decided with route prefix `prefix`, as
+/// [`Engine::decide_cip`] fills them; empty when the message has no such leaf.
+pub fn cip_texts(msg: &[u8], prefix: &[Port], leaf: u32) -> (String, String) {
+    match flatten(msg).ok().as_deref().and_then(|l| l.get(leaf as usize)) {
+        Some(l) => (target_text(&l.request), route_text(prefix.iter().chain(&l.route).chain(&l.request.path.route))),
+        None => (String::new(), String::new()),
+    }
+}
+
 fn in_ranges(ranges: &Option<Vec<(u32, u32)>>, v: Option<u32>) -> bool {
     match ranges {
         None => true,
@@ -173,8 +182,9 @@ impl<'l, 'a> View<'l, 'a> {
         self.prefix.len() + self.leaf.route.len() + self.leaf.request.path.route.len()
     }
 
-    /// Depth at which the leaf fails `entry` (1 route, 2 service, 3 target), 0 when it passes.
-    fn depth(&self, entry: &CompiledCipEntry) -> u8 {
+    /// Depth at which the leaf fails `entry`'s route (1) or service (2) check, 0 when it passes both.
+    #[inline]
+    fn reach(&self, entry: &CompiledCipEntry) -> u8 {
         if let Some(routes) = &entry.routes {
             let n = self.hop_count();
             let same = |r: &super::cip::Route| {
@@ -184,11 +194,17 @@ impl<'l, 'a> View<'l, 'a> {
                 return 1;
             }
         }
-        let req = &self.leaf.request;
         if !entry.services.contains(self.service) {
             return 2;
         }
-        let ok = match &entry.target {
+        0
+    }
+
+    /// The target check (depth 3).
+    #[inline]
+    fn target_ok(&self, entry: &CompiledCipEntry) -> bool {
+        let req = &self.leaf.request;
+        match &entry.target {
             Target::Any => true,
             Target::Tags(patterns) => {
                 req.path.tag.as_ref().is_some_and(|t| patterns.iter().any(|p| p.matches(&t.parts, req.elements)))
@@ -201,12 +217,13 @@ impl<'l, 'a> View<'l, 'a> {
                     && in_ranges(instances, p.instance)
                     && in_ranges(attributes, p.attribute)
             }
-        };
-        if ok {
-            0
-        } else {
-            3
         }
+    }
+
+    /// The first name part of the leaf's tag, which picks its bucket of the pair's entries.
+    #[inline]
+    fn first_name(&self) -> Option<&'l [u8]> {
+        self.leaf.request.path.tag.as_ref().map(|t| t.parts.first().map_or(&[][..], |p| p.name.as_bytes()))
     }
 }
 
@@ -333,77 +350,121 @@ impl Engine {
     /// Decides one message router request for `principal` talking to `device` (IR indices). `prefix`
     /// is the route of the connection a connected request travels on (empty for unconnected ones).
     pub fn decide_cip(&self, principal: u32, device: u32, msg: &[u8], prefix: &[Port], now_ns: u64) -> CipDecision {
+        self.decide_cip_with(principal, device, msg, prefix, now_ns, true).0
+    }
+
+    /// [`Engine::decide_cip`] without the audit texts: `target` and `route` stay empty, and the index of
+    /// the leaf they describe is returned instead ([`cip_texts`] makes them when someone reads them).
+    /// Most decisions are allowed and never audited, so their texts need not be built.
+    pub fn decide_cip_lazy(
+        &self,
+        principal: u32,
+        device: u32,
+        msg: &[u8],
+        prefix: &[Port],
+        now_ns: u64,
+    ) -> (CipDecision, Option<u32>) {
+        self.decide_cip_with(principal, device, msg, prefix, now_ns, false)
+    }
+
+    fn decide_cip_with(
+        &self,
+        principal: u32,
+        device: u32,
+        msg: &[u8],
+        prefix: &[Port],
+        now_ns: u64,
+        texts: bool,
+    ) -> (CipDecision, Option<u32>) {
         let mut d = self.cip_decision(msg.first().copied().unwrap_or(0));
         if principal as usize >= self.principals.len() {
             self.cip_refuse(&mut d, CipReason::UnknownPrincipal, None);
-            return d;
+            return (d, None);
         }
         let leaves = match flatten(msg) {
             Ok(l) => l,
             Err(e) => {
                 Self::cip_malformed(&mut d, e.name(), e.general_status());
-                return d;
+                return (d, None);
             }
         };
-        let describe = |d: &mut CipDecision, i: usize, leaf: &Leaf<'_>| {
-            d.denied_leaf = Some(i as u32);
-            d.target = target_text(&leaf.request);
-            d.route = route_text(prefix.iter().chain(&leaf.route).chain(&leaf.request.path.route));
+        let describe = |d: &mut CipDecision, leaf: &Leaf<'_>| {
+            if texts {
+                d.target = target_text(&leaf.request);
+                d.route = route_text(prefix.iter().chain(&leaf.route).chain(&leaf.request.path.route));
+            }
         };
         for (i, leaf) in leaves.iter().enumerate() {
             if let Some((kind, status)) = leaf_malformed(leaf) {
                 Self::cip_malformed(&mut d, kind, status);
-                describe(&mut d, i, leaf);
-                return d;
+                d.denied_leaf = Some(i as u32);
+                describe(&mut d, leaf);
+                return (d, Some(i as u32));
             }
         }
-        let candidates = self.cip.candidates(principal, device);
+        let pair = self.cip.pair(principal, device);
         let mut first_rule = None;
         for (i, leaf) in leaves.iter().enumerate() {
             d.leaves = i as u32 + 1;
             let view = View::new(leaf, prefix);
-            match self.decide_leaf(candidates, &view, now_ns) {
+            match self.decide_leaf(pair, &view, now_ns) {
                 Ok(rule) => {
                     first_rule.get_or_insert(rule);
                 }
                 Err((reason, rule)) => {
                     self.cip_refuse(&mut d, reason, rule);
-                    describe(&mut d, i, leaf);
-                    return d;
+                    d.denied_leaf = Some(i as u32);
+                    describe(&mut d, leaf);
+                    return (d, Some(i as u32));
                 }
             }
         }
         d.rule = first_rule;
-        if let Some(leaf) = leaves.first() {
-            d.target = target_text(&leaf.request);
-            d.route = route_text(prefix.iter().chain(&leaf.route).chain(&leaf.request.path.route));
+        match leaves.first() {
+            Some(leaf) => {
+                describe(&mut d, leaf);
+                (d, Some(0))
+            }
+            None => (d, None),
         }
-        d
     }
 
     /// Step 3 for one leaf: the matching entry's rule, or the refusal and the rule it names.
+    ///
+    /// Only the leaf's bucket can hold a passing entry. When none passes, the deepest failure is found
+    /// over every entry without the target check: no entry passes it, so an entry that passes route and
+    /// service fails at depth 3, the deepest there is, and the first such one decides.
     fn decide_leaf(
         &self,
-        candidates: &[super::cip::CipCandidate],
+        pair: Option<&super::cip::PairIndex>,
         view: &View<'_, '_>,
         now_ns: u64,
     ) -> Result<u32, (CipReason, Option<u32>)> {
-        if candidates.is_empty() {
+        let Some(pair) = pair.filter(|p| !p.candidates.is_empty()) else {
             return Err((CipReason::NoMatchingRule, None));
+        };
+        let entries = &self.cip.entries;
+        for &(ci, ei) in pair.bucket(view.first_name()) {
+            let entry = &entries[ei as usize];
+            if view.reach(entry) != 0 || !view.target_ok(entry) {
+                continue;
+            }
+            let c = &pair.candidates[ci as usize];
+            if let Some((spec, ordinal)) = &entry.rate {
+                let slot = c.slot as usize + *ordinal as usize;
+                if !self.cip.buckets.charge(slot, spec, now_ns) {
+                    return Err((CipReason::RateExceeded, Some(c.rule)));
+                }
+            }
+            return Ok(c.rule);
         }
         let (mut best_depth, mut best_rule) = (0u8, None);
-        for c in candidates {
-            for entry in c.entries.of(&self.cip.entries) {
-                let depth = view.depth(entry);
-                if depth == 0 {
-                    if let Some((spec, ordinal)) = &entry.rate {
-                        let slot = c.slot as usize + *ordinal as usize;
-                        if !self.cip.buckets.charge(slot, spec, now_ns) {
-                            return Err((CipReason::RateExceeded, Some(c.rule)));
-                        }
-                    }
-                    return Ok(c.rule);
-                }
+        for c in &pair.candidates {
+            for entry in c.entries.of(entries) {
+                let depth = match view.reach(entry) {
+                    0 => return Err((CipReason::TargetNotAllowed, Some(c.rule))),
+                    d => d,
+                };
                 if depth > best_depth {
                     best_depth = depth;
                     best_rule = Some(c.rule);

@@ -99,6 +99,11 @@ impl Pattern {
         Ok(Pattern { parts: parts.into_boxed_slice() })
     }
 
+    /// The first part's lower-cased name; `None` when it is `*`.
+    pub(crate) fn first_name(&self) -> Option<&str> {
+        self.parts[0].name.as_deref()
+    }
+
     /// True when `tag` matches (its names in any case). `count` is the element count of a Read or
     /// Write Tag (Fragmented) request, `None` for other services.
     pub(crate) fn matches(&self, tag: &[TagPart], count: Option<u16>) -> bool {
