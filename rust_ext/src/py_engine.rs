@@ -96,7 +96,13 @@ impl PyRequest {
     fn __repr__(&self) -> String {
         format!(
             "Request(transaction_id={}, unit={}, function={}, sub={}, malformed={}, known_function={}, quantity={})",
-            self.transaction_id, self.unit, self.function, opt(self.sub), self.malformed, if self.known_function { "True" } else { "False" }, self.quantity
+            self.transaction_id,
+            self.unit,
+            self.function,
+            opt(self.sub),
+            self.malformed,
+            if self.known_function { "True" } else { "False" },
+            self.quantity
         )
     }
 }
@@ -163,7 +169,11 @@ impl PyResponse {
     fn __repr__(&self) -> String {
         format!(
             "Response(transaction_id={}, unit={}, function={}, exception_code={}, malformed={})",
-            self.transaction_id, self.unit, self.function, opt(self.exception_code), self.malformed
+            self.transaction_id,
+            self.unit,
+            self.function,
+            opt(self.exception_code),
+            self.malformed
         )
     }
 }
@@ -314,8 +324,10 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (ir_json, /))]
     fn new(py: Python<'_>, ir_json: &str) -> PyResult<Self> {
-        let inner = py.allow_threads(|| Engine::from_json(ir_json)).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let rule_ids = (0..inner.rule_count() as u32).map(|i| PyString::new_bound(py, inner.rule_id(i)).unbind()).collect();
+        let inner =
+            py.allow_threads(|| Engine::from_json(ir_json)).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let rule_ids =
+            (0..inner.rule_count() as u32).map(|i| PyString::new_bound(py, inner.rule_id(i)).unbind()).collect();
         Ok(PyEngine { inner, rule_ids, empty: PyString::new_bound(py, "").unbind() })
     }
 

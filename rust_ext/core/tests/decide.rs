@@ -98,7 +98,13 @@ fn allow(rule: &str) -> (Verdict, Reason, String, Option<u8>) {
 fn reads() -> Engine {
     engine(
         "enforce",
-        json!([rule("read", json!([0]), json!([0, 1]), json!(null), json!([entry(json!([[3, null]]), json!([range(0, 99)]))]))]),
+        json!([rule(
+            "read",
+            json!([0]),
+            json!([0, 1]),
+            json!(null),
+            json!([entry(json!([[3, null]]), json!([range(0, 99)]))])
+        )]),
     )
 }
 
@@ -174,7 +180,13 @@ fn units_come_from_the_rule_then_the_device() {
     assert_eq!(why(&e, &e.decide(0, 1, &read_holding(200, 0, 1), 0)), allow("read"));
     let e = engine(
         "enforce",
-        json!([rule("u", json!([0]), json!([0, 1]), json!([[5, 9], [255, 255]]), json!([entry(json!([[3, null]]), json!([range(0, 9)]))]))]),
+        json!([rule(
+            "u",
+            json!([0]),
+            json!([0, 1]),
+            json!([[5, 9], [255, 255]]),
+            json!([entry(json!([[3, null]]), json!([range(0, 9)]))])
+        )]),
     );
     // The rule's units replace the device's.
     assert_eq!(why(&e, &e.decide(0, 0, &read_holding(1, 0, 1), 0)), deny(Reason::UnitNotAllowed, "u", 1));
@@ -194,7 +206,13 @@ fn function_not_in_the_entry() {
 fn function_keys_include_the_sub_function() {
     let e = engine(
         "enforce",
-        json!([rule("diag", json!([0]), json!([0]), json!(null), json!([entry(json!([[8, 0], [43, 14], [8, null]]), json!([]))]))]),
+        json!([rule(
+            "diag",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[8, 0], [43, 14], [8, null]]), json!([]))])
+        )]),
     );
     let echo = adu(1, &[0x08, 0x00, 0x00, 0x12, 0x34]); // diagnostics sub 0 return query data
     assert_eq!(why(&e, &e.decide(0, 0, &echo, 0)), allow("diag"));
@@ -212,7 +230,13 @@ fn function_keys_include_the_sub_function() {
 fn addresses_must_lie_in_the_union_of_ranges() {
     let e = engine(
         "enforce",
-        json!([rule("r", json!([0]), json!([0]), json!(null), json!([entry(json!([[3, null]]), json!([range(0, 9), range(10, 19), range(30, 39)]))]))]),
+        json!([rule(
+            "r",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[3, null]]), json!([range(0, 9), range(10, 19), range(30, 39)]))])
+        )]),
     );
     // 5..=14 spans two adjacent ranges: they join.
     assert_eq!(why(&e, &e.decide(0, 0, &read_holding(1, 5, 10), 0)), allow("r"));
@@ -225,7 +249,13 @@ fn addresses_must_lie_in_the_union_of_ranges() {
     let coils = adu(1, &[0x01, 0x00, 0x00, 0x00, 0x01]);
     let e2 = engine(
         "enforce",
-        json!([rule("r", json!([0]), json!([0]), json!(null), json!([entry(json!([[1, null]]), json!([range(0, 9)]))]))]),
+        json!([rule(
+            "r",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[1, null]]), json!([range(0, 9)]))])
+        )]),
     );
     assert_eq!(why(&e2, &e2.decide(0, 0, &coils, 0)), deny(Reason::AddressOutOfRange, "r", 1));
 }
@@ -234,14 +264,20 @@ fn addresses_must_lie_in_the_union_of_ranges() {
 fn read_write_needs_both_ranges_covered() {
     let e = engine(
         "enforce",
-        json!([rule("rw", json!([0]), json!([0]), json!(null), json!([entry(json!([[23, null]]), json!([range(0, 9)]))]))]),
+        json!([rule(
+            "rw",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[23, null]]), json!([range(0, 9)]))])
+        )]),
     );
-    let rw = |rs: u16, ws: u16| {
-        adu(1, &[0x17, 0x00, rs as u8, 0x00, 0x02, 0x00, ws as u8, 0x00, 0x01, 0x02, 0x00, 0x05])
-    };
+    let rw =
+        |rs: u16, ws: u16| adu(1, &[0x17, 0x00, rs as u8, 0x00, 0x02, 0x00, ws as u8, 0x00, 0x01, 0x02, 0x00, 0x05]);
     assert_eq!(why(&e, &e.decide(0, 0, &rw(0, 9), 0)), allow("rw"));
     assert_eq!(why(&e, &e.decide(0, 0, &rw(9, 0), 0)), deny(Reason::AddressOutOfRange, "rw", 1)); // read 9..=10
-    assert_eq!(why(&e, &e.decide(0, 0, &rw(0, 10), 0)), deny(Reason::AddressOutOfRange, "rw", 1)); // write 10
+    assert_eq!(why(&e, &e.decide(0, 0, &rw(0, 10), 0)), deny(Reason::AddressOutOfRange, "rw", 1));
+    // write 10
 }
 
 #[test]
@@ -259,7 +295,13 @@ fn quantity_limit() {
 fn unsigned_value_bounds() {
     let e = engine(
         "enforce",
-        json!([rule("sp", json!([0]), json!([0]), json!(null), json!([entry(json!([[6, null], [16, null]]), json!([range(0, 99), bounded(100, 109, 0, 1500, false)]))]))]),
+        json!([rule(
+            "sp",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[6, null], [16, null]]), json!([range(0, 99), bounded(100, 109, 0, 1500, false)]))])
+        )]),
     );
     assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 100, 1500), 0)), allow("sp"));
     assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 100, 1501), 0)), deny(Reason::ValueOutOfBounds, "sp", 1));
@@ -277,19 +319,32 @@ fn unsigned_value_bounds() {
 fn signed_value_bounds_read_twos_complement() {
     let e = engine(
         "enforce",
-        json!([rule("s", json!([0]), json!([0]), json!(null), json!([entry(json!([[6, null]]), json!([bounded(0, 9, -10, 10, true)]))]))]),
+        json!([rule(
+            "s",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[6, null]]), json!([bounded(0, 9, -10, 10, true)]))])
+        )]),
     );
     assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 0, 0xFFF6), 0)), allow("s")); // -10
     assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 0, 0xFFF5), 0)), deny(Reason::ValueOutOfBounds, "s", 1)); // -11
     assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 0, 10), 0)), allow("s"));
-    assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 0, 0x8000), 0)), deny(Reason::ValueOutOfBounds, "s", 1)); // -32768
+    assert_eq!(why(&e, &e.decide(0, 0, &write_single(1, 0, 0x8000), 0)), deny(Reason::ValueOutOfBounds, "s", 1));
+    // -32768
 }
 
 #[test]
 fn mask_write_fails_bounded_ranges_only() {
     let e = engine(
         "enforce",
-        json!([rule("m", json!([0]), json!([0]), json!(null), json!([entry(json!([[22, null]]), json!([range(0, 9), bounded(10, 19, 0, 100, false)]))]))]),
+        json!([rule(
+            "m",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[22, null]]), json!([range(0, 9), bounded(10, 19, 0, 100, false)]))])
+        )]),
     );
     let mask = |a: u8| adu(1, &[0x16, 0x00, a, 0x00, 0xF2, 0x00, 0x25]);
     assert_eq!(why(&e, &e.decide(0, 0, &mask(4), 0)), allow("m"));
@@ -319,14 +374,32 @@ fn deepest_failure_wins_and_ties_go_to_the_first() {
     let e = engine(
         "enforce",
         json!([
-            rule("units", json!([0]), json!([0]), json!([[9, 9]]), json!([entry(json!([[3, null]]), json!([range(0, 9)]))])),
+            rule(
+                "units",
+                json!([0]),
+                json!([0]),
+                json!([[9, 9]]),
+                json!([entry(json!([[3, null]]), json!([range(0, 9)]))])
+            ),
             rule("fn-a", json!([0]), json!([0]), json!(null), json!([entry(json!([[4, null]]), json!([range(0, 9)]))])),
-            rule("addr", json!([0]), json!([0]), json!(null), json!([
-                entry(json!([[1, null]]), json!([range(0, 9)])),
-                entry(json!([[3, null]]), json!([range(50, 59)])),
-            ])),
+            rule(
+                "addr",
+                json!([0]),
+                json!([0]),
+                json!(null),
+                json!([
+                    entry(json!([[1, null]]), json!([range(0, 9)])),
+                    entry(json!([[3, null]]), json!([range(50, 59)])),
+                ])
+            ),
             rule("fn-b", json!([0]), json!([0]), json!(null), json!([entry(json!([[2, null]]), json!([range(0, 9)]))])),
-            rule("addr-b", json!([0]), json!([0]), json!(null), json!([entry(json!([[3, null]]), json!([range(60, 69)]))])),
+            rule(
+                "addr-b",
+                json!([0]),
+                json!([0]),
+                json!(null),
+                json!([entry(json!([[3, null]]), json!([range(60, 69)]))])
+            ),
         ]),
     );
     let d = e.decide(0, 0, &read_holding(1, 0, 1), 0);
@@ -349,7 +422,13 @@ fn first_matching_entry_decides_and_later_ones_are_not_consulted() {
         "enforce",
         json!([
             rule("first", json!([0]), json!([0]), json!(null), json!([limited])),
-            rule("second", json!([0]), json!([0]), json!(null), json!([entry(json!([[3, null]]), json!([range(0, 9)]))])),
+            rule(
+                "second",
+                json!([0]),
+                json!([0]),
+                json!(null),
+                json!([entry(json!([[3, null]]), json!([range(0, 9)]))])
+            ),
         ]),
     );
     assert_eq!(why(&e, &e.decide(0, 0, &read_holding(1, 0, 1), 0)), allow("first"));
@@ -361,7 +440,13 @@ fn first_matching_entry_decides_and_later_ones_are_not_consulted() {
 fn monitor_mode_forwards_would_be_denials() {
     let e = engine(
         "monitor",
-        json!([rule("read", json!([0]), json!([0]), json!(null), json!([entry(json!([[3, null]]), json!([range(0, 9)]))]))]),
+        json!([rule(
+            "read",
+            json!([0]),
+            json!([0]),
+            json!(null),
+            json!([entry(json!([[3, null]]), json!([range(0, 9)]))])
+        )]),
     );
     let would = |reason: Reason, rule: &str| (Verdict::WouldDeny, reason, rule.to_owned(), None);
     assert_eq!(why(&e, &e.decide(0, 0, &read_holding(1, 0, 1), 0)), allow("read"));
@@ -519,7 +604,13 @@ fn indexed_decisions_match_the_plain_walk() {
                     if rnd(2) == 0 {
                         holding.push(range(at as u32, end as u32));
                     } else {
-                        holding.push(bounded(at as u32, end as u32, rnd(50) as i64 - 10, 60 + rnd(40) as i64, rnd(2) == 0));
+                        holding.push(bounded(
+                            at as u32,
+                            end as u32,
+                            rnd(50) as i64 - 10,
+                            60 + rnd(40) as i64,
+                            rnd(2) == 0,
+                        ));
                     }
                     at = end + 1 + rnd(3);
                 }
@@ -559,7 +650,10 @@ fn indexed_decisions_match_the_plain_walk() {
                 4 => adu(unit, &[0x08, 0x00, rnd(3) as u8, 0x00, 0x00]),
                 5 => adu(unit, &[0x2B, 13 + rnd(2) as u8, 0x01, 0x00]),
                 6 => adu(unit, &[0x16, 0x00, start as u8, 0xFF, 0x00, 0x00, 0x01]),
-                _ => adu(unit, &[0x17, 0x00, start as u8, 0x00, 0x02, 0x00, rnd(100) as u8, 0x00, 0x01, 0x02, 0x00, 0x05]),
+                _ => adu(
+                    unit,
+                    &[0x17, 0x00, start as u8, 0x00, 0x02, 0x00, rnd(100) as u8, 0x00, 0x01, 0x02, 0x00, 0x05],
+                ),
             };
             let (p, d) = (rnd(3) as u32, rnd(3) as u32);
             let da = a.decide(p, d, &frame, t * 37);
@@ -572,7 +666,10 @@ fn indexed_decisions_match_the_plain_walk() {
 /// Whatever the bytes, a decision comes back, and a malformed one is never forwarded.
 #[test]
 fn arbitrary_frames_always_get_a_decision() {
-    let mut en = entry(json!([[3, null], [16, null], [8, 0], [43, 14], [21, null], [22, null]]), json!([bounded(0, 99, -5, 5, true)]));
+    let mut en = entry(
+        json!([[3, null], [16, null], [8, 0], [43, 14], [21, null], [22, null]]),
+        json!([bounded(0, 99, -5, 5, true)]),
+    );
     en["ranges"]["file_records"] = json!([bounded(0x10000, 0x1FFFF, 0, 9, false)]);
     en["rate"] = json!({"count": 1, "period_ns": 10, "burst": 3});
     let e = engine("enforce", json!([rule("any", json!([0, 1]), json!([0, 1]), json!(null), json!([en]))]));

@@ -292,7 +292,7 @@ fn functions_without_data() {
             0x00, 0x00, // protocol id
             0x00, 0x02, // length 2: unit + function code
             0x01, // unit
-            fc, // fc 7 / 11 / 12 / 17
+            fc,   // fc 7 / 11 / 12 / 17
         ];
         let r = ok(&frame);
         assert!(ranges(&r).is_empty() && values(&r).is_empty());
@@ -422,10 +422,7 @@ fn write_multiple_registers_yields_each_word() {
     ];
     let r = ok(&frame);
     assert_eq!(ranges(&r), vec![(Table::HoldingRegisters, 1, 2, true)]);
-    assert_eq!(
-        values(&r),
-        vec![(Table::HoldingRegisters, 1, Some(10)), (Table::HoldingRegisters, 2, Some(258))]
-    );
+    assert_eq!(values(&r), vec![(Table::HoldingRegisters, 1, Some(10)), (Table::HoldingRegisters, 2, Some(258))]);
     assert_eq!(r.quantity, 2);
 }
 
@@ -498,7 +495,10 @@ fn read_file_record_checks_in_order() {
     assert_eq!(kind(&req(&[sub(6, 1, 10000, 1)])), Malformed::BadRecord); // record 10000
     assert_eq!(kind(&req(&[sub(6, 1, 0, 0)])), Malformed::BadRecord); // length 0
     assert_eq!(kind(&req(&[sub(6, 1, 9990, 11)])), Malformed::BadRecord); // past record 9999
-    assert_eq!(ranges(&ok(&req(&[sub(6, 65535, 9990, 10)]))), vec![(Table::FileRecords, 0xFFFF_2706, 0xFFFF_270F, false)]);
+    assert_eq!(
+        ranges(&ok(&req(&[sub(6, 65535, 9990, 10)]))),
+        vec![(Table::FileRecords, 0xFFFF_2706, 0xFFFF_270F, false)]
+    );
     // The first sub-request's fault wins over a later one's.
     assert_eq!(kind(&req(&[sub(6, 0, 0, 1), sub(7, 1, 0, 1)])), Malformed::BadRecord);
     assert_eq!(kind(&req(&[sub(6, 1, 0, 1), sub(7, 1, 0, 1)])), Malformed::BadReferenceType);
@@ -574,7 +574,8 @@ fn write_file_record_checks_in_order() {
     assert_eq!(kind(&adu(1, &[0x15, 0x0F, 6, 0, 1, 0, 0, 0, 1, 0, 5, 6, 0, 1, 0, 0, 0])), Malformed::BadByteCount);
     assert_eq!(kind(&adu(1, &[0x15, 0x09, 7, 0, 1, 0, 0, 0, 1, 0, 5])), Malformed::BadReferenceType);
     assert_eq!(kind(&adu(1, &[0x15, 0x09, 6, 0, 0, 0, 0, 0, 1, 0, 5])), Malformed::BadRecord); // file 0
-    assert_eq!(kind(&adu(1, &[0x15, 0x09, 6, 0, 1, 0x27, 0x10, 0, 1, 0, 5])), Malformed::BadRecord); // rec 10000
+    assert_eq!(kind(&adu(1, &[0x15, 0x09, 6, 0, 1, 0x27, 0x10, 0, 1, 0, 5])), Malformed::BadRecord);
+    // rec 10000
 }
 
 // ---------------------------------------------------------------- fc 22
@@ -618,10 +619,7 @@ fn read_write_multiple_registers_has_two_ranges() {
         0x00, 0xFF, // register 16 = 255
     ];
     let r = ok(&frame);
-    assert_eq!(
-        ranges(&r),
-        vec![(Table::HoldingRegisters, 3, 8, false), (Table::HoldingRegisters, 14, 16, true)]
-    );
+    assert_eq!(ranges(&r), vec![(Table::HoldingRegisters, 3, 8, false), (Table::HoldingRegisters, 14, 16, true)]);
     assert_eq!(values(&r).len(), 3);
     assert_eq!(values(&r)[2], (Table::HoldingRegisters, 16, Some(255)));
     assert_eq!(r.quantity, 6);
@@ -691,7 +689,8 @@ fn read_device_identification() {
         assert_eq!(kind(&adu(1, &[0x2B, 0x0E, code, 0x00])), Malformed::BadDeviceIdCode, "code {code}");
     }
     assert_eq!(kind(&adu(1, &[0x2B, 0x0E, 0x01])), Malformed::Truncated);
-    assert_eq!(kind(&adu(1, &[0x2B, 0x0E, 0x09, 0x00, 0x00])), Malformed::TrailingBytes); // length before code
+    assert_eq!(kind(&adu(1, &[0x2B, 0x0E, 0x09, 0x00, 0x00])), Malformed::TrailingBytes);
+    // length before code
 }
 
 #[test]
@@ -731,7 +730,7 @@ fn non_public_codes_are_not_parsed_and_never_malformed() {
             0x00, 0x00, // protocol id
             0x00, 0x03, // length 3
             0x01, // unit
-            fc, // a code zonegate does not parse
+            fc,   // a code zonegate does not parse
             0x99, // anything
         ];
         let r = ok(&frame);

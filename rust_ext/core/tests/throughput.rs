@@ -49,7 +49,10 @@ fn batch_throughput() {
     let t = std::time::Instant::now();
     for _ in 0..passes {
         let s = e.decide_batch(0, 0, &buf, 0);
-        assert_eq!((s.frames, s.consumed, s.stop), (1000, buf.len(), Some(zonegate_core::modbus::Split::Incomplete { needed: 6 })));
+        assert_eq!(
+            (s.frames, s.consumed, s.stop),
+            (1000, buf.len(), Some(zonegate_core::modbus::Split::Incomplete { needed: 6 }))
+        );
         frames += s.frames;
     }
     let dt = t.elapsed().as_secs_f64();

@@ -156,13 +156,8 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
-        Table::Coils,
-        Table::DiscreteInputs,
-        Table::InputRegisters,
-        Table::HoldingRegisters,
-        Table::FileRecords,
-    ];
+    pub const ALL: [Table; 5] =
+        [Table::Coils, Table::DiscreteInputs, Table::InputRegisters, Table::HoldingRegisters, Table::FileRecords];
 
     pub const fn name(self) -> &'static str {
         match self {

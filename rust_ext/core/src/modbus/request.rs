@@ -38,12 +38,26 @@ pub struct WrittenValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Values {
     None,
-    Single { table: Table, address: u32, value: u16 },
-    Unknown { table: Table, address: u32 },
+    Single {
+        table: Table,
+        address: u32,
+        value: u16,
+    },
+    Unknown {
+        table: Table,
+        address: u32,
+    },
     /// FC 15: `qty` bits from `data[5..]`, LSB of the first byte is `start`.
-    Coils { start: u32, qty: u16 },
+    Coils {
+        start: u32,
+        qty: u16,
+    },
     /// FC 16 / FC 23: `qty` big-endian words from `data[offset..]`.
-    Registers { start: u32, qty: u16, offset: u8 },
+    Registers {
+        start: u32,
+        qty: u16,
+        offset: u8,
+    },
     /// FC 21: the record words of every sub-request.
     FileRecords,
 }

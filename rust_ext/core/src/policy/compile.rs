@@ -8,8 +8,8 @@ use super::cover::{Covers, Fallback};
 use super::ir::{AddressRange, Entry, Ir, Rule};
 use super::rate::{Buckets, RateSpec};
 use super::{
-    key, BoundedRange, Candidate, CompiledEntry, CompiledRule, Engine, FunctionSet, Item, Pair, PairIndex,
-    Span, UnitSet, TABLES,
+    key, BoundedRange, Candidate, CompiledEntry, CompiledRule, Engine, FunctionSet, Item, Pair, PairIndex, Span,
+    UnitSet, TABLES,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -88,7 +88,10 @@ impl Builder {
             }
             if let Some(pe) = prev_end {
                 if r.start <= pe {
-                    return Err(invalid(p(), format!("range {}-{} overlaps or precedes the one before it", r.start, r.end)));
+                    return Err(invalid(
+                        p(),
+                        format!("range {}-{} overlaps or precedes the one before it", r.start, r.end),
+                    ));
                 }
             }
             prev_end = Some(r.end);

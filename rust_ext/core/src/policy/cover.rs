@@ -255,7 +255,9 @@ mod tests {
                 }
                 let units = if rnd(3) == 0 { json!([[1, 1 + rnd(3)]]) } else { json!(null) };
                 let (ps, ds) = if many { (json!([0, 1]), json!([0, 1])) } else { (json!([rnd(2)]), json!([rnd(2)])) };
-                rules.push(json!({"id": format!("r{r}"), "principals": ps, "devices": ds, "units": units, "allow": allow}));
+                rules.push(
+                    json!({"id": format!("r{r}"), "principals": ps, "devices": ds, "units": units, "allow": allow}),
+                );
             }
             let ir = json!({
                 "version": 1,
@@ -289,7 +291,15 @@ mod tests {
                         let mut pdu = vec![0x14, 7 * subs as u8];
                         for _ in 0..subs {
                             let rec = rnd(9990);
-                            pdu.extend([&[6][..], &w(1 + rnd(3) + if rnd(5) == 0 { 0xFFF0 } else { 0 }), &w(rec), &w(1 + rnd(9))].concat());
+                            pdu.extend(
+                                [
+                                    &[6][..],
+                                    &w(1 + rnd(3) + if rnd(5) == 0 { 0xFFF0 } else { 0 }),
+                                    &w(rec),
+                                    &w(1 + rnd(9)),
+                                ]
+                                .concat(),
+                            );
                         }
                         adu(unit, &pdu)
                     }
@@ -300,7 +310,10 @@ mod tests {
                         adu(unit, &[&[0x15, body.len() as u8][..], &body].concat())
                     }
                     7 => adu(unit, &[&[0x16][..], &w(start), &[0xFF, 0x00, 0x00, 0x01]].concat()),
-                    8 => adu(unit, &[&[0x17][..], &w(start), &w(qty), &w(start + rnd(20)), &w(1), &[2], &w(rnd(120))].concat()),
+                    8 => adu(
+                        unit,
+                        &[&[0x17][..], &w(start), &w(qty), &w(start + rnd(20)), &w(1), &[2], &w(rnd(120))].concat(),
+                    ),
                     9 => adu(unit, &[0x08, 0x00, rnd(2) as u8, 0x00, 0x00]),
                     _ => adu(unit, &[0x2B, 13 + rnd(2) as u8, 0x01, 0x00]),
                 };

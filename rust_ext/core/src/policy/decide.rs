@@ -151,16 +151,7 @@ impl Engine {
                 (Verdict::Deny, Some(code as u8))
             }
         };
-        Decision {
-            verdict,
-            reason,
-            malformed: None,
-            rule,
-            exception,
-            function,
-            sub,
-            unit,
-        }
+        Decision { verdict, reason, malformed: None, rule, exception, function, sub, unit }
     }
 
     #[inline]
@@ -490,4 +481,3 @@ impl Engine {
         self.rules.get(index as usize).map_or(0, |r| r.entries.len as usize)
     }
 }
-

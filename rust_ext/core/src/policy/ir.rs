@@ -107,13 +107,7 @@ pub struct Ranges {
 impl Ranges {
     /// The ranges of each table, in `Table` code order.
     pub fn by_table(&self) -> [&[AddressRange]; 5] {
-        [
-            &self.coils,
-            &self.discrete_inputs,
-            &self.input_registers,
-            &self.holding_registers,
-            &self.file_records,
-        ]
+        [&self.coils, &self.discrete_inputs, &self.input_registers, &self.holding_registers, &self.file_records]
     }
 }
 
