@@ -145,6 +145,10 @@ class CipBlockReader(Protocol):
 Publish = Callable[[Tag, object, int, float], Awaitable[None]]  # tag, value (None when Bad), status, source time
 
 
+# Values published between yields to the event loop: a large block's values (and asyncua's per-subscriber
+# work for each) never hold up another scan class's poll or a subscription's publish for long.
+PUBLISH_CHUNK: Final = 64
+
 # Upper bounds (seconds) of the poll cycle duration histogram: from a fast loopback read to a timeout.
 CYCLE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -207,9 +211,17 @@ class Poller:
         self.cip: CipBlockReader | None = None  # reads the blocks of CIP tags (table "cip")
 
     def start(self) -> None:
+        """Groups of one scan period start at phases spread over that period: devices polled in step would
+        bring all their values in at once, one burst that delays every other class's polls and notifications."""
+        peers: dict[float, int] = {}
+        for _, scan in self.groups:
+            peers[scan] = peers.get(scan, 0) + 1
+        seen: dict[float, int] = {}
         for (device, scan), blocks in self.groups.items():
+            index = seen.get(scan, 0)
+            seen[scan] = index + 1
             self.stats.by_group[(device, scan)] = CycleStats()
-            task = asyncio.get_running_loop().create_task(self._run(device, scan, blocks),
+            task = asyncio.get_running_loop().create_task(self._run(device, scan, blocks, scan * index / peers[scan]),
                                                           name=f"opcua-poll-{device}-{scan}")
             self.tasks.append(task)
 
@@ -223,10 +235,12 @@ class Poller:
                 pass
         self.tasks.clear()
 
-    async def _run(self, device: str, scan: float, blocks: list[ReadBlock]) -> None:
+    async def _run(self, device: str, scan: float, blocks: list[ReadBlock], phase: float = 0.0) -> None:
         loop = asyncio.get_running_loop()
         group = self.stats.by_group[(device, scan)]
-        next_tick = loop.time()
+        next_tick = loop.time() + phase
+        if phase > 0:
+            await asyncio.sleep(phase)
         while True:
             started = loop.time()
             await asyncio.gather(*(self._read_or_fail(block) for block in blocks))
@@ -287,7 +301,9 @@ class Poller:
             await self._fail(block, BAD_DATA_ENCODING_INVALID)
             return
         when = time.time()
-        for tag in block.tags:
+        for n, tag in enumerate(block.tags, 1):
+            if n % PUBLISH_CHUNK == 0:
+                await asyncio.sleep(0)
             first = tag.address - block.start
             try:
                 value = decode(tag, values[first : first + tag.words])
@@ -298,5 +314,7 @@ class Poller:
 
     async def _fail(self, block: ReadBlock, status: int) -> None:
         when = time.time()
-        for tag in block.tags:
+        for n, tag in enumerate(block.tags, 1):
+            if n % PUBLISH_CHUNK == 0:
+                await asyncio.sleep(0)
             await self.publish(tag, None, status, when)

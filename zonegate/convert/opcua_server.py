@@ -328,6 +328,7 @@ class OpcuaConverter:
         self.nodes: dict[ua.NodeId, Tag] = {}
         self.node_of: dict[str, ua.NodeId] = {}
         self._last: dict[str, tuple[object, int]] = {}
+        self._stamp: tuple[float, ua.DateTime] = (0.0, ua_time(dt.datetime.fromtimestamp(0, dt.timezone.utc)))
         self.server = _ZoneServer(user_manager=users)  # type: ignore[arg-type]
         self.server.converter = self
         self.namespace = 0
@@ -500,7 +501,9 @@ class OpcuaConverter:
         if last is not None and last == (value, status):
             return
         self._last[tag.name] = (value, status)
-        stamp = ua_time(dt.datetime.fromtimestamp(when, dt.timezone.utc))
+        if self._stamp[0] != when:  # a block's values share one poll time: one datetime for all of them
+            self._stamp = (when, ua_time(dt.datetime.fromtimestamp(when, dt.timezone.utc)))
+        stamp = self._stamp[1]
         # The poll saw the value just now: its source time is also the server's.
         if status == GOOD:
             dv = PublishedValue(ua.Variant(value, variant_type(tag)), SourceTimestamp=stamp, ServerTimestamp=stamp)
