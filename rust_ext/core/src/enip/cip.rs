@@ -11,7 +11,7 @@
 //! Connection Manager (class 0x06) and Read Tag Fragmented to a Logix tag. The result carries the
 //! resolved [`Service`], the [`Path`], the [`Access`] kind and [`Anomalies`]: what the policy matches on.
 
-use super::epath::{read_path, Path, PathError};
+use super::epath::{walk_path, Address, Path, PathBuilder, PathError, PathSink};
 use super::le16;
 
 /// Anomaly flags set on a request while parsing: not errors, but worth a policy's or an auditor's eye.
@@ -155,6 +155,12 @@ pub enum Service {
 impl Service {
     /// Resolves a request's service code against its path.
     pub fn resolve(code: u8, path: &Path) -> Service {
+        Service::resolve_address(code, path.class, path.tag.is_some())
+    }
+
+    /// [`Service::resolve`] from what the resolution looks at: the path's class and whether it names a tag.
+    #[inline]
+    pub(crate) fn resolve_address(code: u8, class: Option<u32>, tagged: bool) -> Service {
         use Service::*;
         let common = match code {
             0x01 => Some(GetAttributeAll),
@@ -183,10 +189,10 @@ impl Service {
         if let Some(s) = common {
             return s;
         }
-        if code == 0x0A && path.class == Some(class::MESSAGE_ROUTER) && path.tag.is_none() {
+        if code == 0x0A && class == Some(class::MESSAGE_ROUTER) && !tagged {
             return MultipleServicePacket;
         }
-        if path.class == Some(class::CONNECTION_MANAGER) && path.tag.is_none() {
+        if class == Some(class::CONNECTION_MANAGER) && !tagged {
             return match code {
                 0x4E => ForwardClose,
                 0x52 => UnconnectedSend,
@@ -198,7 +204,7 @@ impl Service {
                 other => Other(other),
             };
         }
-        let tag_like = path.tag.is_some() || path.class == Some(class::SYMBOL);
+        let tag_like = tagged || class == Some(class::SYMBOL);
         if tag_like {
             match code {
                 0x4C => return ReadTag,
@@ -209,7 +215,7 @@ impl Service {
                 _ => {}
             }
         }
-        if code == 0x55 && (path.class == Some(class::SYMBOL) || path.class == Some(class::TEMPLATE)) {
+        if code == 0x55 && (class == Some(class::SYMBOL) || class == Some(class::TEMPLATE)) {
             return GetInstanceAttributeList;
         }
         Other(code)
@@ -460,6 +466,34 @@ impl Request<'_> {
 
 /// [`parse_request`] into `req` (a [`Request::blank`]), so that a request is read where it is kept.
 pub(crate) fn read_request<'a>(msg: &'a [u8], req: &mut Request<'a>) -> Result<(), CipError> {
+    let h = read_head(msg, &mut PathBuilder(&mut req.path))?;
+    req.path.set_address(&h.address);
+    req.code = h.code;
+    req.service = h.service;
+    req.access = h.service.access();
+    req.anomalies = h.anomalies;
+    req.data_type = h.data_type;
+    req.elements = h.elements;
+    req.data = h.data;
+    Ok(())
+}
+
+/// A request as [`read_head`] reads it: everything but its path's hops and tag, which went to the sink.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Head<'a> {
+    pub code: u8,
+    pub service: Service,
+    pub address: Address,
+    /// The path's anomalies and the request's own.
+    pub anomalies: Anomalies,
+    pub data_type: Option<u16>,
+    pub elements: Option<u16>,
+    pub data: &'a [u8],
+}
+
+/// Reads one message router request occupying all of `msg`; its path's hops and tag go to `sink`.
+#[inline]
+pub(crate) fn read_head<'a, S: PathSink<'a>>(msg: &'a [u8], sink: &mut S) -> Result<Head<'a>, CipError> {
     if msg.len() < 2 {
         return Err(CipError::Truncated);
     }
@@ -471,18 +505,17 @@ pub(crate) fn read_request<'a>(msg: &'a [u8], req: &mut Request<'a>) -> Result<(
     if msg.len() - 2 < path_len {
         return Err(CipError::PathTruncated);
     }
-    read_path(&msg[2..2 + path_len], &mut req.path).map_err(CipError::Path)?;
-    let path = &req.path;
+    let address = walk_path(&msg[2..2 + path_len], sink).map_err(CipError::Path)?;
     let data = &msg[2 + path_len..];
-    let service = Service::resolve(code, path);
-    let mut anomalies = path.anomalies;
-    if !path.has_target() {
+    let service = Service::resolve_address(code, address.class, address.tagged);
+    let mut anomalies = address.anomalies;
+    if !address.has_target() {
         anomalies |= Anomalies::NO_TARGET;
     }
     if matches!(service, Service::Other(c) if c >= 0x4B) {
         anomalies |= Anomalies::UNKNOWN_SERVICE;
     }
-    if matches!(service, Service::GetAttributeSingle | Service::SetAttributeSingle) && path.attribute.is_none() {
+    if matches!(service, Service::GetAttributeSingle | Service::SetAttributeSingle) && address.attribute.is_none() {
         anomalies |= Anomalies::MISSING_ATTRIBUTE;
     }
     let (mut data_type, mut elements) = (None, None);
@@ -511,14 +544,7 @@ pub(crate) fn read_request<'a>(msg: &'a [u8], req: &mut Request<'a>) -> Result<(
     if short {
         anomalies |= Anomalies::SHORT_DATA;
     }
-    req.code = code;
-    req.service = service;
-    req.access = service.access();
-    req.anomalies = anomalies;
-    req.data_type = data_type;
-    req.elements = elements;
-    req.data = data;
-    Ok(())
+    Ok(Head { code, service, address, anomalies, data_type, elements, data })
 }
 
 /// One message router response.

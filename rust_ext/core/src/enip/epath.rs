@@ -246,28 +246,61 @@ pub struct TagName {
 impl TagName {
     /// The canonical text: parts joined by `.`, elements as `[i]` or `[i,j]` after their part.
     pub fn text(&self) -> String {
-        use std::fmt::Write;
-        // Sized once: the text goes into every decision's audit fields.
-        let size: usize = self.parts.iter().map(|p| p.name.as_bytes().len() + 1 + 11 * p.elements.len()).sum();
-        let mut s = String::with_capacity(size + 1);
-        for (i, p) in self.parts.iter().enumerate() {
-            if i > 0 {
-                s.push('.');
-            }
-            s.push_str(p.name.as_str());
-            if !p.elements.is_empty() {
-                s.push('[');
-                for (j, e) in p.elements.iter().enumerate() {
-                    if j > 0 {
-                        s.push(',');
-                    }
-                    let _ = write!(s, "{e}");
-                }
-                s.push(']');
-            }
-        }
-        s
+        tag_text(&self.parts[..])
     }
+}
+
+/// A tag name's parts, wherever they are kept: a [`TagName`]'s own, or the offsets the decision stage
+/// keeps into the message.
+pub trait TagParts {
+    fn part_count(&self) -> usize;
+    /// Part `i`'s name, as on the wire.
+    fn name(&self, i: usize) -> &[u8];
+    /// Part `i`'s array elements.
+    fn elements(&self, i: usize) -> &[u32];
+}
+
+impl TagParts for [TagPart] {
+    #[inline]
+    fn part_count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn name(&self, i: usize) -> &[u8] {
+        self[i].name.as_bytes()
+    }
+    #[inline]
+    fn elements(&self, i: usize) -> &[u32] {
+        &self[i].elements
+    }
+}
+
+/// The canonical text of a tag name ([`TagName::text`]).
+pub fn tag_text<T: TagParts + ?Sized>(t: &T) -> String {
+    use std::fmt::Write;
+    let n = t.part_count();
+    // Sized once: the text goes into every decision's audit fields.
+    let size: usize = (0..n).map(|i| t.name(i).len() + 1 + 11 * t.elements(i).len()).sum();
+    let mut s = String::with_capacity(size + 1);
+    for i in 0..n {
+        if i > 0 {
+            s.push('.');
+        }
+        // Every byte of a symbol the walker accepts is ASCII.
+        s.extend(t.name(i).iter().map(|&c| c as char));
+        let elements = t.elements(i);
+        if !elements.is_empty() {
+            s.push('[');
+            for (j, e) in elements.iter().enumerate() {
+                if j > 0 {
+                    s.push(',');
+                }
+                let _ = write!(s, "{e}");
+            }
+            s.push(']');
+        }
+    }
+    s
 }
 
 /// Electronic key (logical special segment, format 4), as carried by Forward Open.
@@ -337,6 +370,87 @@ pub fn parse_path(buf: &[u8]) -> Result<Path, PathError> {
 /// [`parse_path`] into a path the caller holds (a fresh [`Path::default`]): a request's path is read
 /// where the request will stay, rather than built here and moved out through every caller.
 pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
+    let a = walk_path(buf, &mut PathBuilder(p))?;
+    p.set_address(&a);
+    Ok(())
+}
+
+impl Path {
+    /// Copies what [`walk_path`] read besides the hops and the tag.
+    pub(crate) fn set_address(&mut self, a: &Address) {
+        let p = self;
+        p.class = a.class;
+        p.instance = a.instance;
+        p.attribute = a.attribute;
+        p.member = a.member;
+        p.connection_point = a.connection_point;
+        p.key = a.key;
+        p.anomalies = a.anomalies;
+    }
+}
+
+/// What a path walk hands on besides its address: the hops and the tag, segment by segment, as slices
+/// of the path. [`Path`] keeps owned copies; the decision stage keeps offsets into the message, so that
+/// the requests of a Multiple Service Packet are read without a copy or an allocation each.
+pub(crate) trait PathSink<'a> {
+    /// A port segment: leave by `port` to `link`.
+    fn port(&mut self, port: u16, link: &'a [u8]);
+    /// An ANSI extended symbol: the next tag name part.
+    fn symbol(&mut self, name: &'a [u8]);
+    /// An array element of the last symbol.
+    fn element(&mut self, index: u32);
+}
+
+/// The address of a path, as [`walk_path`] read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Address {
+    pub class: Option<u32>,
+    pub instance: Option<u32>,
+    pub attribute: Option<u32>,
+    pub member: Option<u32>,
+    pub connection_point: Option<u32>,
+    pub key: Option<ElectronicKey>,
+    /// At least one symbol: the path names a tag.
+    pub tagged: bool,
+    pub anomalies: Anomalies,
+}
+
+impl Address {
+    /// True when the path names a class or a tag.
+    #[inline]
+    pub fn has_target(&self) -> bool {
+        self.class.is_some() || self.tagged
+    }
+}
+
+/// Builds a [`Path`]'s route and tag.
+pub(crate) struct PathBuilder<'p>(pub(crate) &'p mut Path);
+
+impl<'a> PathSink<'a> for PathBuilder<'_> {
+    fn port(&mut self, port: u16, link: &'a [u8]) {
+        self.0.route.push(Port { port, link: link.to_vec() });
+    }
+
+    fn symbol(&mut self, name: &'a [u8]) {
+        self.0
+            .tag
+            .get_or_insert_with(Default::default)
+            .parts
+            .push(TagPart { name: Symbol::from(name), elements: InlineVec::default() });
+    }
+
+    fn element(&mut self, index: u32) {
+        if let Some(last) = self.0.tag.as_mut().and_then(|t| t.parts.last_mut()) {
+            last.elements.push(index);
+        }
+    }
+}
+
+/// Walks a padded EPATH occupying all of `buf`: every check of the path is here, whoever keeps what
+/// it names ([`PathSink`]).
+#[inline]
+pub(crate) fn walk_path<'a, S: PathSink<'a>>(buf: &'a [u8], sink: &mut S) -> Result<Address, PathError> {
+    let mut a = Address::default();
     let mut i = 0usize;
     let mut stage = Stage::Route;
     // Rank of the last class/instance/attribute segment seen: logical addresses go class, instance,
@@ -375,18 +489,18 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                 if buf.len() < j + link_len {
                     return Err(err(PathErrorKind::Truncated));
                 }
-                let link = buf[j..j + link_len].to_vec();
+                let link = &buf[j..j + link_len];
                 j += link_len;
                 if (j - at) % 2 == 1 {
                     if j >= buf.len() {
                         return Err(err(PathErrorKind::Truncated));
                     }
                     if buf[j] != 0 {
-                        p.anomalies |= Anomalies::NONZERO_PAD;
+                        a.anomalies |= Anomalies::NONZERO_PAD;
                     }
                     j += 1;
                 }
-                p.route.push(Port { port, link });
+                sink.port(port, link);
                 i = j;
             }
             0b001 => {
@@ -404,11 +518,11 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                         return Err(err(PathErrorKind::BadKey));
                     }
                     need(10)?;
-                    if p.key.is_some() {
+                    if a.key.is_some() {
                         return Err(err(PathErrorKind::BadKey));
                     }
                     let k = &buf[at + 2..at + 10];
-                    p.key = Some(ElectronicKey {
+                    a.key = Some(ElectronicKey {
                         vendor: le16(k, 0),
                         device_type: le16(k, 2),
                         product_code: le16(k, 4),
@@ -430,14 +544,14 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                     1 => {
                         need(4)?;
                         if buf[at + 1] != 0 {
-                            p.anomalies |= Anomalies::NONZERO_PAD;
+                            a.anomalies |= Anomalies::NONZERO_PAD;
                         }
                         (le16(buf, at + 2) as u32, 4)
                     }
                     2 => {
                         need(6)?;
                         if buf[at + 1] != 0 {
-                            p.anomalies |= Anomalies::NONZERO_PAD;
+                            a.anomalies |= Anomalies::NONZERO_PAD;
                         }
                         (le32(buf, at + 2), 6)
                     }
@@ -446,12 +560,12 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                 i = at + len;
                 match ty {
                     0 | 1 | 4 => {
-                        let orphan = p.tag.is_some() && p.class.is_none();
-                        let after_member = p.member.is_some();
+                        let orphan = a.tagged && a.class.is_none();
+                        let after_member = a.member.is_some();
                         let (slot, r) = match ty {
-                            0 => (&mut p.class, 1),
-                            1 => (&mut p.instance, 2),
-                            _ => (&mut p.attribute, 3),
+                            0 => (&mut a.class, 1),
+                            1 => (&mut a.instance, 2),
+                            _ => (&mut a.attribute, 3),
                         };
                         if slot.is_some() {
                             return Err(err(PathErrorKind::Duplicate));
@@ -463,29 +577,27 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                         rank = r;
                     }
                     3 => {
-                        if p.connection_point.is_some() {
+                        if a.connection_point.is_some() {
                             return Err(err(PathErrorKind::Duplicate));
                         }
-                        p.connection_point = Some(value);
+                        a.connection_point = Some(value);
                     }
                     _ => {
                         // Member: an array element right after a symbol, else a member id.
-                        if let Some(last) = p.tag.as_mut().and_then(|t| t.parts.last_mut()) {
-                            if p.member.is_none() && rank == 0 {
-                                last.elements.push(value);
-                                continue;
-                            }
+                        if a.tagged && a.member.is_none() && rank == 0 {
+                            sink.element(value);
+                            continue;
                         }
-                        if p.member.is_some() {
+                        if a.member.is_some() {
                             return Err(err(PathErrorKind::Duplicate));
                         }
-                        p.member = Some(value);
+                        a.member = Some(value);
                     }
                 }
             }
             0b010 => {
                 // Network segment: carried by Forward Open, never an address.
-                p.anomalies |= Anomalies::NETWORK_SEGMENT;
+                a.anomalies |= Anomalies::NETWORK_SEGMENT;
                 if b & 0x10 == 0 {
                     need(2)?;
                     i = at + 2;
@@ -502,7 +614,7 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                     need(2)?;
                     let words = buf[at + 1] as usize;
                     need(2 + 2 * words)?;
-                    p.anomalies |= Anomalies::DATA_SEGMENT;
+                    a.anomalies |= Anomalies::DATA_SEGMENT;
                     i = at + 2 + 2 * words;
                 }
                 0x91 => {
@@ -517,16 +629,14 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
                         return Err(err(PathErrorKind::BadSymbol));
                     }
                     if n % 2 == 1 && buf[at + 2 + n] != 0 {
-                        p.anomalies |= Anomalies::NONZERO_PAD;
+                        a.anomalies |= Anomalies::NONZERO_PAD;
                     }
-                    if rank > 0 || p.member.is_some() {
+                    if rank > 0 || a.member.is_some() {
                         // A symbol after a logical address: instance addressing mixed with names.
-                        p.anomalies |= Anomalies::MIXED_ADDRESSING;
+                        a.anomalies |= Anomalies::MIXED_ADDRESSING;
                     }
-                    p.tag
-                        .get_or_insert_with(Default::default)
-                        .parts
-                        .push(TagPart { name: Symbol::from(s), elements: InlineVec::default() });
+                    a.tagged = true;
+                    sink.symbol(s);
                     i = at + padded;
                 }
                 _ => return Err(err(PathErrorKind::Unsupported)),
@@ -535,10 +645,10 @@ pub(crate) fn read_path(buf: &[u8], p: &mut Path) -> Result<(), PathError> {
             _ => return Err(err(PathErrorKind::Reserved)),
         }
     }
-    if p.tag.is_some() && p.class.is_some() {
-        p.anomalies |= Anomalies::MIXED_ADDRESSING;
+    if a.tagged && a.class.is_some() {
+        a.anomalies |= Anomalies::MIXED_ADDRESSING;
     }
-    Ok(())
+    Ok(a)
 }
 
 #[cfg(test)]

@@ -33,7 +33,10 @@ pub use cpf::{parse_cpf, parse_send_data, Address, Cpf, CpfError, Item, ItemType
 pub use encap::{
     parse_frame, split, split_with_limit, Body, Command, EncapError, Frame, Frames, Header, Split, SplitInvalid,
 };
-pub use epath::{parse_path, ElectronicKey, InlineVec, Path, PathError, PathErrorKind, Port, Symbol, TagName, TagPart};
+pub use epath::{
+    parse_path, tag_text, ElectronicKey, InlineVec, Path, PathError, PathErrorKind, Port, Symbol, TagName, TagPart,
+    TagParts,
+};
 pub use reply::{reply_matches, Mismatch};
 
 /// Bytes of the encapsulation header.

@@ -233,6 +233,9 @@ pub(crate) struct CompiledCipEntry {
     pub services: ServiceSet,
     pub target: Target,
     pub routes: Option<Vec<Route>>,
+    /// Which distinct `routes` list this is, numbered over the policy (`u32::MAX` when `routes` is
+    /// None): entries of many rules share one, and a leaf compares its route with each list once.
+    pub route_set: u32,
     /// The entry's rate and its ordinal among the rule's rated CIP entries.
     pub rate: Option<(RateSpec, u32)>,
 }
@@ -309,6 +312,84 @@ pub(crate) struct PairIndex {
     /// Folded first name part ([`fold`]) -> bucket.
     names: HashMap<Box<[u8]>, u32, BuildHasherDefault<WordHasher>>,
     buckets: Vec<Box<[EntryRef]>>,
+    /// The same walk as bit sets, when the pair has at most 64 entries (nearly every policy).
+    pub masks: Option<PairMasks>,
+}
+
+/// A pair's entries as bits, bit `i` for entry `i` of the walk (candidates in file order, their entries
+/// in order). A leaf's route and service then pick the entries it passes with a few word operations,
+/// rather than entry by entry, and the lowest bit is the first entry in the walk.
+#[derive(Debug)]
+pub(crate) struct PairMasks {
+    /// The walk: bit `i` is `walk[i]`.
+    pub walk: Box<[EntryRef]>,
+    /// Entries with any route.
+    pub any_route: u64,
+    /// Per distinct route set of the pair: its number ([`CompiledCipEntry::route_set`]), an entry that
+    /// has it (whose `routes` the leaf is compared with), and the entries that have it.
+    pub route_sets: Box<[(u32, u32, u64)]>,
+    /// Per named service bit ([`NAMED_SERVICES`]): the entries whose services contain it.
+    named: Box<[u64]>,
+    /// Per unresolved code some entry names: the entries that name it.
+    codes: Box<[(u8, u64)]>,
+    /// Per bucket (as [`PairIndex::bucket_id`] numbers them): its entries.
+    pub buckets: Box<[u64]>,
+}
+
+impl PairMasks {
+    fn build(walk: Vec<EntryRef>, entries: &[CompiledCipEntry], buckets: &[Vec<EntryRef>]) -> Option<PairMasks> {
+        if walk.len() > 64 {
+            return None;
+        }
+        let bit = |r: &EntryRef| 1u64 << walk.iter().position(|w| w == r).unwrap_or(0);
+        let mut any_route = 0u64;
+        let mut route_sets: Vec<(u32, u32, u64)> = Vec::new();
+        let mut named = vec![0u64; NAMED_SERVICES.len()];
+        let mut codes: Vec<(u8, u64)> = Vec::new();
+        for (i, (_, ei)) in walk.iter().enumerate() {
+            let e = &entries[*ei as usize];
+            let b = 1u64 << i;
+            match &e.routes {
+                None => any_route |= b,
+                Some(_) => match route_sets.iter_mut().find(|(set, _, _)| *set == e.route_set) {
+                    Some((_, _, m)) => *m |= b,
+                    None => route_sets.push((e.route_set, *ei, b)),
+                },
+            }
+            for (k, m) in named.iter_mut().enumerate() {
+                if e.services.contains(ServiceKey::Named(k as u32)) {
+                    *m |= b;
+                }
+            }
+            for c in 0..=0x7Fu8 {
+                if e.services.contains(ServiceKey::Code(c)) {
+                    match codes.iter_mut().find(|(code, _)| *code == c) {
+                        Some((_, m)) => *m |= b,
+                        None => codes.push((c, b)),
+                    }
+                }
+            }
+        }
+        let buckets = buckets.iter().map(|list| list.iter().map(bit).fold(0, |a, b| a | b)).collect();
+        Some(PairMasks {
+            walk: walk.into_boxed_slice(),
+            any_route,
+            route_sets: route_sets.into_boxed_slice(),
+            named: named.into_boxed_slice(),
+            codes: codes.into_boxed_slice(),
+            buckets,
+        })
+    }
+
+    /// The entries whose services contain `key`.
+    #[inline]
+    pub fn services(&self, key: ServiceKey) -> u64 {
+        match key {
+            ServiceKey::Named(b) => self.named.get(b as usize).copied().unwrap_or(0),
+            ServiceKey::Code(c) => self.codes.iter().find(|(code, _)| *code == c).map_or(0, |(_, m)| *m),
+            ServiceKey::None => 0,
+        }
+    }
 }
 
 pub(crate) const UNTAGGED: usize = 0;
@@ -363,15 +444,22 @@ impl PairIndex {
                 }
             }
         }
-        PairIndex { candidates, names, buckets: buckets.into_iter().map(Vec::into_boxed_slice).collect() }
+        let masks = PairMasks::build(walk().map(|(r, _)| r).collect(), entries, &buckets);
+        PairIndex { candidates, names, buckets: buckets.into_iter().map(Vec::into_boxed_slice).collect(), masks }
     }
 
     /// The bucket of a leaf: `first` is its tag's first name part, `None` without a tag.
     #[inline]
     pub(crate) fn bucket(&self, first: Option<&[u8]>) -> &[EntryRef] {
-        let Some(name) = first else { return &self.buckets[UNTAGGED] };
+        &self.buckets[self.bucket_id(first)]
+    }
+
+    /// The number of the bucket of a leaf whose tag's first name part is `first` (`None`: no tag).
+    #[inline]
+    pub(crate) fn bucket_id(&self, first: Option<&[u8]>) -> usize {
+        let Some(name) = first else { return UNTAGGED };
         if self.names.is_empty() {
-            return &self.buckets[OTHER_NAME];
+            return OTHER_NAME;
         }
         let mut buf = [0u8; 64];
         let id = if name.len() <= buf.len() {
@@ -384,7 +472,7 @@ impl PairIndex {
             let folded: Vec<u8> = name.iter().copied().map(fold).collect();
             self.names.get(folded.as_slice())
         };
-        &self.buckets[id.map_or(OTHER_NAME, |i| *i as usize)]
+        id.map_or(OTHER_NAME, |i| *i as usize)
     }
 }
 
@@ -510,7 +598,7 @@ fn compile_entry(path: &str, e: &CipEntry, rated: &mut u32) -> Result<CompiledCi
             Some((RateSpec::new(r.count, r.period_ns, r.burst), *rated - 1))
         }
     };
-    Ok(CompiledCipEntry { services, target, routes, rate })
+    Ok(CompiledCipEntry { services, target, routes, route_set: u32::MAX, rate })
 }
 
 impl CipPolicy {
@@ -579,6 +667,20 @@ impl CipPolicy {
             if slots >= u32::MAX as u64 {
                 return Err(invalid(format!("rules[{ri}]"), "too many rate buckets"));
             }
+        }
+        let mut sets: HashMap<&[Route], u32> = HashMap::new();
+        let ids: Vec<u32> = entries
+            .iter()
+            .map(|e| match &e.routes {
+                None => u32::MAX,
+                Some(r) => {
+                    let next = sets.len() as u32;
+                    *sets.entry(r.as_slice()).or_insert(next)
+                }
+            })
+            .collect();
+        for (e, id) in entries.iter_mut().zip(ids) {
+            e.route_set = id;
         }
         let pairs = pairs.into_iter().map(|(k, c)| (k, PairIndex::build(c, &entries))).collect();
         Ok(CipPolicy { entries, pairs, buckets: Buckets::new(slots as usize) })

@@ -10,14 +10,19 @@
 //!
 //! The malformed pass runs over every leaf before the policy sees any, so a message with a malformed
 //! leaf is refused in both modes even when an earlier leaf is only a would-be denial.
+//!
+//! Leaves are read in place (`containers::with_flat`: offsets into the message, no copy and no
+//! allocation per request); the audit texts are made from them only for a decision that wants them.
 
 use super::cip::{CipDecision, CipReason, CompiledCipEntry, ServiceKey, Target};
 use super::{Engine, Mode, Verdict};
+use crate::enip::containers::{with_flat, Flat, LeafAt};
 use crate::enip::{
-    flatten, parse_forward_close, parse_forward_open, parse_forward_open_reply, parse_frame, parse_request,
-    parse_response, parse_unconnected_send, reply_matches, Address, Anomalies, Body, CipError, Command,
-    ConnectionTable, Leaf, Payload, Port, Request, Service, TableError, MAX_DEPTH,
+    parse_forward_close, parse_forward_open, parse_forward_open_reply, parse_frame, parse_request, parse_response,
+    parse_unconnected_send, reply_matches, tag_text, Address, Anomalies, Body, CipError, Command, ConnectionTable,
+    Payload, Port, Request, Service, TableError, TagParts, MAX_DEPTH,
 };
+use std::cell::Cell;
 
 /// General status 0x01: connection failure.
 const CONNECTION_FAILURE: u8 = 0x01;
@@ -43,12 +48,16 @@ const BAD_PATH: [Anomalies; 4] =
 /// The connection fields of a leaf: `Ok(Some(transport class))` for a (Large) Forward Open whose data
 /// reads, `Ok(None)` for every other leaf and a readable Forward Close, the data's error otherwise.
 pub fn leaf_connection(req: &Request<'_>) -> Result<Option<u8>, CipError> {
-    match req.service {
+    connection_of(req.service, req.data)
+}
+
+fn connection_of(service: Service, data: &[u8]) -> Result<Option<u8>, CipError> {
+    match service {
         Service::ForwardOpen | Service::LargeForwardOpen => {
-            let fo = parse_forward_open(req.data, req.service == Service::LargeForwardOpen)?;
+            let fo = parse_forward_open(data, service == Service::LargeForwardOpen)?;
             Ok(Some(fo.transport_class()))
         }
-        Service::ForwardClose => parse_forward_close(req.data).map(|_| None),
+        Service::ForwardClose => parse_forward_close(data).map(|_| None),
         _ => Ok(None),
     }
 }
@@ -71,23 +80,22 @@ fn delivered(msg: &[u8]) -> Option<(Request<'_>, Vec<Port>)> {
 }
 
 /// Why a leaf is malformed (step 2), as a kind name and the general status to answer.
-fn leaf_malformed(leaf: &Leaf<'_>) -> Option<(&'static str, u8)> {
-    let req = &leaf.request;
-    if BAD_PATH.iter().any(|a| req.anomalies.contains(*a)) {
+fn leaf_malformed(msg: &[u8], leaf: &LeafAt) -> Option<(&'static str, u8)> {
+    if BAD_PATH.iter().any(|a| leaf.anomalies.contains(*a)) {
         return Some(("bad_path", PATH_SEGMENT_ERROR));
     }
     let tag_service = matches!(
-        req.service,
+        leaf.service,
         Service::ReadTag
             | Service::ReadTagFragmented
             | Service::WriteTag
             | Service::WriteTagFragmented
             | Service::ReadModifyWriteTag
     );
-    if tag_service && req.anomalies.contains(Anomalies::SHORT_DATA) {
+    if tag_service && leaf.anomalies.contains(Anomalies::SHORT_DATA) {
         return Some(("short_data", NOT_ENOUGH_DATA));
     }
-    match leaf_connection(req) {
+    match connection_of(leaf.service, leaf.data.of(msg)) {
         Err(e) => Some((e.name(), e.general_status())),
         // Implicit (class 0/1) I/O never crosses the conduit.
         Ok(Some(0 | 1)) => Some(("io_connection", SERVICE_NOT_SUPPORTED)),
@@ -96,11 +104,11 @@ fn leaf_malformed(leaf: &Leaf<'_>) -> Option<(&'static str, u8)> {
 }
 
 /// One hop as section 4 writes it: a one-byte link in decimal, a longer printable one as its text.
-fn hop_text(s: &mut String, p: &Port) {
+fn hop_text(s: &mut String, port: u16, link: &[u8]) {
     use std::fmt::Write;
-    let _ = write!(s, "{},", p.port);
-    let printable = p.link.iter().all(|c| c.is_ascii_graphic() && *c != b',' && *c != b'/');
-    match p.link.as_slice() {
+    let _ = write!(s, "{port},");
+    let printable = link.iter().all(|c| c.is_ascii_graphic() && *c != b',' && *c != b'/');
+    match link {
         [one] => {
             let _ = write!(s, "{one}");
         }
@@ -116,43 +124,60 @@ fn hop_text(s: &mut String, p: &Port) {
 
 /// Route text (section 4 syntax) of hops, in order.
 pub fn route_text<'a>(hops: impl IntoIterator<Item = &'a Port>) -> String {
+    hops_text(hops.into_iter().map(|p| (p.port, p.link.as_slice())))
+}
+
+fn hops_text<'a>(hops: impl Iterator<Item = (u16, &'a [u8])>) -> String {
     let mut s = String::new();
-    for (i, p) in hops.into_iter().enumerate() {
+    for (i, (port, link)) in hops.enumerate() {
         if i > 0 {
             s.push('/');
         }
-        hop_text(&mut s, p);
+        hop_text(&mut s, port, link);
     }
     s
 }
 
 /// Audit text of a request's target: the tag name, `class 0x01 instance 1 attribute 7`, or "".
 pub fn target_text(req: &Request<'_>) -> String {
-    use std::fmt::Write;
     let p = &req.path;
-    if let Some(t) = &p.tag {
-        return t.text();
+    match &p.tag {
+        Some(t) => t.text(),
+        None => logical_text(p.class, p.instance, p.attribute),
     }
+}
+
+fn logical_text(class: Option<u32>, instance: Option<u32>, attribute: Option<u32>) -> String {
+    use std::fmt::Write;
     let mut s = String::new();
-    if let Some(c) = p.class {
+    if let Some(c) = class {
         let _ = write!(s, "class 0x{c:02X}");
-        if let Some(i) = p.instance {
+        if let Some(i) = instance {
             let _ = write!(s, " instance {i}");
         }
-        if let Some(a) = p.attribute {
+        if let Some(a) = attribute {
             let _ = write!(s, " attribute {a}");
         }
     }
     s
 }
 
+/// The audit texts (`target`, `route`) of a flattened leaf decided with route prefix `prefix`.
+fn leaf_texts(flat: &Flat<'_>, leaf: &LeafAt, prefix: &[Port]) -> (String, String) {
+    let target = match flat.tag(leaf) {
+        Some(t) => tag_text(&t),
+        None => logical_text(leaf.class, leaf.instance, leaf.attribute),
+    };
+    let route = hops_text(prefix.iter().map(|p| (p.port, p.link.as_slice())).chain(flat.hops(leaf)));
+    (target, route)
+}
+
 /// The audit texts (`target`, `route`) of leaf `leaf` of `msg` decided with route prefix `prefix`, as
 /// [`Engine::decide_cip`] fills them; empty when the message has no such leaf.
 pub fn cip_texts(msg: &[u8], prefix: &[Port], leaf: u32) -> (String, String) {
-    match flatten(msg).ok().as_deref().and_then(|l| l.get(leaf as usize)) {
-        Some(l) => (target_text(&l.request), route_text(prefix.iter().chain(&l.route).chain(&l.request.path.route))),
-        None => (String::new(), String::new()),
-    }
+    with_flat(msg, |flat| {
+        flat.ok().and_then(|f| f.leaves().get(leaf as usize).map(|l| leaf_texts(&f, l, prefix))).unwrap_or_default()
+    })
 }
 
 fn in_ranges(ranges: &Option<Vec<(u32, u32)>>, v: Option<u32>) -> bool {
@@ -163,34 +188,38 @@ fn in_ranges(ranges: &Option<Vec<(u32, u32)>>, v: Option<u32>) -> bool {
 }
 
 /// A leaf ready for the policy pass.
-struct View<'l, 'a> {
-    leaf: &'l Leaf<'a>,
+struct View<'l, 'm> {
+    flat: &'l Flat<'m>,
+    leaf: &'l LeafAt,
     prefix: &'l [Port],
     service: ServiceKey,
+    /// Route sets (`CompiledCipEntry::route_set` below 64) compared with the leaf's route so far, and
+    /// those it is in.
+    routes_known: Cell<u64>,
+    routes_in: Cell<u64>,
 }
 
-impl<'l, 'a> View<'l, 'a> {
-    fn new(leaf: &'l Leaf<'a>, prefix: &'l [Port]) -> Self {
-        View { leaf, prefix, service: ServiceKey::of(leaf.request.service) }
-    }
-
-    fn hops(&self) -> impl Iterator<Item = &'l Port> {
-        self.prefix.iter().chain(&self.leaf.route).chain(&self.leaf.request.path.route)
+impl<'l, 'm> View<'l, 'm> {
+    fn new(flat: &'l Flat<'m>, leaf: &'l LeafAt, prefix: &'l [Port]) -> Self {
+        View {
+            flat,
+            leaf,
+            prefix,
+            service: ServiceKey::of(leaf.service),
+            routes_known: Cell::new(0),
+            routes_in: Cell::new(0),
+        }
     }
 
     fn hop_count(&self) -> usize {
-        self.prefix.len() + self.leaf.route.len() + self.leaf.request.path.route.len()
+        self.prefix.len() + (self.leaf.hops.end - self.leaf.hops.start) as usize
     }
 
     /// Depth at which the leaf fails `entry`'s route (1) or service (2) check, 0 when it passes both.
     #[inline]
     fn reach(&self, entry: &CompiledCipEntry) -> u8 {
         if let Some(routes) = &entry.routes {
-            let n = self.hop_count();
-            let same = |r: &super::cip::Route| {
-                r.len() == n && r.iter().zip(self.hops()).all(|((port, link), h)| *port == h.port && *link == h.link)
-            };
-            if !routes.iter().any(same) {
+            if !self.route_in(entry.route_set, routes) {
                 return 1;
             }
         }
@@ -200,30 +229,60 @@ impl<'l, 'a> View<'l, 'a> {
         0
     }
 
+    /// True when the leaf's route is one of `routes` (route set `set`), compared once per set.
+    #[inline]
+    fn route_in(&self, set: u32, routes: &[super::cip::Route]) -> bool {
+        if set >= 64 {
+            return self.route_among(routes);
+        }
+        let bit = 1u64 << set;
+        if self.routes_known.get() & bit == 0 {
+            self.routes_known.set(self.routes_known.get() | bit);
+            if self.route_among(routes) {
+                self.routes_in.set(self.routes_in.get() | bit);
+            }
+        }
+        self.routes_in.get() & bit != 0
+    }
+
+    fn route_among(&self, routes: &[super::cip::Route]) -> bool {
+        let n = self.hop_count();
+        let same = |r: &super::cip::Route| {
+            r.len() == n && {
+                let (head, tail) = r.split_at(self.prefix.len());
+                head.iter().zip(self.prefix).all(|((port, link), h)| *port == h.port && *link == h.link)
+                    && tail
+                        .iter()
+                        .zip(self.flat.hops(self.leaf))
+                        .all(|((port, link), (hp, hl))| *port == hp && link.as_slice() == hl)
+            }
+        };
+        routes.iter().any(same)
+    }
+
     /// The target check (depth 3).
     #[inline]
     fn target_ok(&self, entry: &CompiledCipEntry) -> bool {
-        let req = &self.leaf.request;
+        let leaf = self.leaf;
         match &entry.target {
             Target::Any => true,
             Target::Tags(patterns) => {
-                req.path.tag.as_ref().is_some_and(|t| patterns.iter().any(|p| p.matches(&t.parts, req.elements)))
+                self.flat.tag(leaf).is_some_and(|t| patterns.iter().any(|p| p.matches(&t, leaf.elements)))
             }
             Target::Logical { classes, instances, attributes } => {
-                let p = &req.path;
-                p.tag.is_none()
-                    && p.class.is_some()
-                    && in_ranges(classes, p.class)
-                    && in_ranges(instances, p.instance)
-                    && in_ranges(attributes, p.attribute)
+                leaf.tag.is_none()
+                    && leaf.class.is_some()
+                    && in_ranges(classes, leaf.class)
+                    && in_ranges(instances, leaf.instance)
+                    && in_ranges(attributes, leaf.attribute)
             }
         }
     }
 
     /// The first name part of the leaf's tag, which picks its bucket of the pair's entries.
     #[inline]
-    fn first_name(&self) -> Option<&'l [u8]> {
-        self.leaf.request.path.tag.as_ref().map(|t| t.parts.first().map_or(&[][..], |p| p.name.as_bytes()))
+    fn first_name(&self) -> Option<&'m [u8]> {
+        self.flat.tag(self.leaf).map(|t| if t.part_count() == 0 { &[][..] } else { t.name_of(0) })
     }
 }
 
@@ -381,21 +440,35 @@ impl Engine {
             self.cip_refuse(&mut d, CipReason::UnknownPrincipal, None);
             return (d, None);
         }
-        let leaves = match flatten(msg) {
-            Ok(l) => l,
+        with_flat(msg, |flat| match flat {
+            Ok(flat) => self.decide_flat(&flat, d, principal, device, prefix, now_ns, texts),
             Err(e) => {
                 Self::cip_malformed(&mut d, e.name(), e.general_status());
-                return (d, None);
+                (d, None)
             }
-        };
-        let describe = |d: &mut CipDecision, leaf: &Leaf<'_>| {
+        })
+    }
+
+    /// Steps 2-4 over a flattened message.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_flat(
+        &self,
+        flat: &Flat<'_>,
+        mut d: CipDecision,
+        principal: u32,
+        device: u32,
+        prefix: &[Port],
+        now_ns: u64,
+        texts: bool,
+    ) -> (CipDecision, Option<u32>) {
+        let leaves = flat.leaves();
+        let describe = |d: &mut CipDecision, leaf: &LeafAt| {
             if texts {
-                d.target = target_text(&leaf.request);
-                d.route = route_text(prefix.iter().chain(&leaf.route).chain(&leaf.request.path.route));
+                (d.target, d.route) = leaf_texts(flat, leaf, prefix);
             }
         };
         for (i, leaf) in leaves.iter().enumerate() {
-            if let Some((kind, status)) = leaf_malformed(leaf) {
+            if let Some((kind, status)) = leaf_malformed(flat.msg, leaf) {
                 Self::cip_malformed(&mut d, kind, status);
                 d.denied_leaf = Some(i as u32);
                 describe(&mut d, leaf);
@@ -406,7 +479,7 @@ impl Engine {
         let mut first_rule = None;
         for (i, leaf) in leaves.iter().enumerate() {
             d.leaves = i as u32 + 1;
-            let view = View::new(leaf, prefix);
+            let view = View::new(flat, leaf, prefix);
             match self.decide_leaf(pair, &view, now_ns) {
                 Ok(rule) => {
                     first_rule.get_or_insert(rule);
@@ -429,7 +502,8 @@ impl Engine {
         }
     }
 
-    /// Step 3 for one leaf: the matching entry's rule, or the refusal and the rule it names.
+    /// Step 3 for one leaf: the matching entry's rule, or the refusal and the rule it names. A pair of
+    /// at most 64 entries (nearly all) is decided over its bit sets ([`Engine::decide_leaf_masked`]).
     ///
     /// Only the leaf's bucket can hold a passing entry. When none passes, the deepest failure is found
     /// over every entry without the target check: no entry passes it, so an entry that passes route and
@@ -444,6 +518,9 @@ impl Engine {
             return Err((CipReason::NoMatchingRule, None));
         };
         let entries = &self.cip.entries;
+        if let Some(m) = &pair.masks {
+            return self.decide_leaf_masked(pair, m, view, now_ns);
+        }
         for &(ci, ei) in pair.bucket(view.first_name()) {
             let entry = &entries[ei as usize];
             if view.reach(entry) != 0 || !view.target_ok(entry) {
@@ -472,6 +549,57 @@ impl Engine {
             }
         }
         Err((CipReason::from_depth(best_depth), best_rule))
+    }
+
+    /// [`Engine::decide_leaf`] over the pair's bit sets: the same walk, the same first passing entry and
+    /// the same deepest failure (section 5, step 3).
+    #[inline]
+    fn decide_leaf_masked(
+        &self,
+        pair: &super::cip::PairIndex,
+        m: &super::cip::PairMasks,
+        view: &View<'_, '_>,
+        now_ns: u64,
+    ) -> Result<u32, (CipReason, Option<u32>)> {
+        let entries = &self.cip.entries;
+        let mut route_ok = m.any_route;
+        for &(set, rep, mask) in m.route_sets.iter() {
+            if let Some(routes) = &entries[rep as usize].routes {
+                if view.route_in(set, routes) {
+                    route_ok |= mask;
+                }
+            }
+        }
+        let reach_ok = route_ok & m.services(view.service);
+        let mut passing = reach_ok & m.buckets[pair.bucket_id(view.first_name())];
+        while passing != 0 {
+            let (ci, ei) = m.walk[passing.trailing_zeros() as usize];
+            passing &= passing - 1;
+            let entry = &entries[ei as usize];
+            if !view.target_ok(entry) {
+                continue;
+            }
+            let c = &pair.candidates[ci as usize];
+            if let Some((spec, ordinal)) = &entry.rate {
+                let slot = c.slot as usize + *ordinal as usize;
+                if !self.cip.buckets.charge(slot, spec, now_ns) {
+                    return Err((CipReason::RateExceeded, Some(c.rule)));
+                }
+            }
+            return Ok(c.rule);
+        }
+        // The first entry that passes route and service fails at the target (depth 3); else the first
+        // that passes the route fails at the service (2); else every entry fails at the route (1).
+        let rule_of = |bits: u64| Some(pair.candidates[m.walk[bits.trailing_zeros() as usize].0 as usize].rule);
+        if reach_ok != 0 {
+            Err((CipReason::TargetNotAllowed, rule_of(reach_ok)))
+        } else if route_ok != 0 {
+            Err((CipReason::ServiceNotAllowed, rule_of(route_ok)))
+        } else if m.walk.is_empty() {
+            Err((CipReason::from_depth(0), None))
+        } else {
+            Err((CipReason::RouteNotAllowed, rule_of(1)))
+        }
     }
 
     /// Decides one encapsulation message from a client whose connections `session` tracks.

@@ -14,7 +14,7 @@
 
 use super::cip::TagPattern;
 use super::compile::IrError;
-use crate::enip::TagPart;
+use crate::enip::TagParts;
 
 /// One compiled pattern part.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,18 +106,21 @@ impl Pattern {
 
     /// True when `tag` matches (its names in any case). `count` is the element count of a Read or
     /// Write Tag (Fragmented) request, `None` for other services.
-    pub(crate) fn matches(&self, tag: &[TagPart], count: Option<u16>) -> bool {
+    #[inline]
+    pub(crate) fn matches<T: TagParts + ?Sized>(&self, tag: &T, count: Option<u16>) -> bool {
         let m = self.parts.len();
-        if tag.len() < m {
+        let n_parts = tag.part_count();
+        if n_parts < m {
             return false;
         }
-        for (p, t) in self.parts.iter().zip(tag) {
-            if p.name.as_deref().is_some_and(|n| !same_name(n.as_bytes(), t.name.as_bytes())) {
+        for (i, p) in self.parts.iter().enumerate() {
+            if p.name.as_deref().is_some_and(|n| !same_name(n.as_bytes(), tag.name(i))) {
                 return false;
             }
             if let Some(ranges) = &p.elements {
-                if ranges.len() != t.elements.len()
-                    || !ranges.iter().zip(&t.elements).all(|((lo, hi), e)| lo <= e && e <= hi)
+                let elements = tag.elements(i);
+                if ranges.len() != elements.len()
+                    || !ranges.iter().zip(elements).all(|((lo, hi), e)| lo <= e && e <= hi)
                 {
                     return false;
                 }
@@ -125,12 +128,12 @@ impl Pattern {
         }
         // The count runs from the last part that has elements; only a bracketed pattern part bounds it.
         let Some(n) = count else { return true };
-        let Some(k) = tag.iter().rposition(|t| !t.elements.is_empty()) else { return true };
+        let Some(k) = (0..n_parts).rev().find(|&i| !tag.elements(i).is_empty()) else { return true };
         let Some(ranges) = self.parts.get(k).and_then(|p| p.elements.as_deref()) else { return true };
         if ranges.len() > 1 {
             return n <= 1;
         }
-        let last = tag[k].elements[0] as u64 + (n as u64).saturating_sub(1);
+        let last = tag.elements(k)[0] as u64 + (n as u64).saturating_sub(1);
         last <= ranges[0].1 as u64
     }
 }
