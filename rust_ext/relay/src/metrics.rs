@@ -1,0 +1,125 @@
+//! Counters the relay keeps for Prometheus: updated in place on the request path, read by Python only when
+//! Prometheus scrapes (`Metrics::snapshot`). Labels are names the policy gave (listener, principal, device)
+//! or fixed strings: never a client address or a register number.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// (conduit, principal label, device label, function code, verdict, reason): Python's request key.
+pub type RequestKey = (Arc<str>, Arc<str>, Arc<str>, u8, u8, u8);
+
+/// A latency histogram's series: a count per bucket (non-cumulative), the +Inf count, then the sum.
+pub type Series = Vec<f64>;
+
+#[derive(Default, Clone, Debug)]
+pub struct Snapshot {
+    pub requests: Vec<(RequestKey, u64)>,
+    pub gateway_latency: Vec<(Arc<str>, Series)>,
+    pub upstream_latency: Vec<(Arc<str>, Series)>,
+    pub active_connections: Vec<(Arc<str>, i64)>,
+    pub handshake_failures: Vec<((Arc<str>, &'static str), u64)>,
+    pub framing_errors: Vec<((Arc<str>, &'static str), u64)>,
+    pub upstream_up: Vec<(Arc<str>, bool)>,
+    pub upstream_faults: Vec<((Arc<str>, &'static str), u64)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: HashMap<RequestKey, u64>,
+    gateway_latency: HashMap<Arc<str>, Series>,
+    upstream_latency: HashMap<Arc<str>, Series>,
+    active_connections: HashMap<Arc<str>, i64>,
+    handshake_failures: HashMap<(Arc<str>, &'static str), u64>,
+    framing_errors: HashMap<(Arc<str>, &'static str), u64>,
+    upstream_up: HashMap<Arc<str>, bool>,
+    upstream_faults: HashMap<(Arc<str>, &'static str), u64>,
+}
+
+/// One per relay, shared by every task; survives reloads (counters are cumulative).
+pub struct Metrics {
+    bounds: Vec<f64>,
+    counters: Mutex<Counters>,
+}
+
+impl Metrics {
+    pub fn new(latency_bounds: Vec<f64>) -> Self {
+        Metrics { bounds: latency_bounds, counters: Mutex::new(Counters::default()) }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Counters) -> R) -> R {
+        // A panic elsewhere while holding the lock leaves plain counters: keep counting.
+        let mut guard = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    fn observe(bounds: &[f64], series: &mut Series, seconds: f64) {
+        if series.is_empty() {
+            series.resize(bounds.len() + 2, 0.0);
+        }
+        // bisect_left: the first bucket whose upper bound is >= seconds, else +Inf.
+        let i = bounds.partition_point(|&b| b < seconds);
+        series[i] += 1.0;
+        let last = series.len() - 1;
+        series[last] += seconds;
+    }
+
+    pub fn count_request(&self, key: RequestKey) {
+        self.with(|c| *c.requests.entry(key).or_insert(0) += 1);
+    }
+
+    /// A forwarded request's time in zonegate: total minus the time at the device.
+    pub fn gateway_latency(&self, conduit: &Arc<str>, seconds: f64) {
+        self.with(|c| {
+            let series = c.gateway_latency.entry(conduit.clone()).or_default();
+            Self::observe(&self.bounds, series, seconds)
+        });
+    }
+
+    pub fn upstream_latency(&self, device: &Arc<str>, seconds: f64) {
+        self.with(|c| {
+            let series = c.upstream_latency.entry(device.clone()).or_default();
+            Self::observe(&self.bounds, series, seconds)
+        });
+    }
+
+    pub fn connection_opened(&self, conduit: &Arc<str>) {
+        self.with(|c| *c.active_connections.entry(conduit.clone()).or_insert(0) += 1);
+    }
+
+    pub fn connection_closed(&self, conduit: &Arc<str>) {
+        self.with(|c| *c.active_connections.entry(conduit.clone()).or_insert(0) -= 1);
+    }
+
+    /// `reason`: one of Python's FAILURE_REASONS (zonegate/controlplane/tls.py).
+    pub fn handshake_failure(&self, conduit: &Arc<str>, reason: &'static str) {
+        self.with(|c| *c.handshake_failures.entry((conduit.clone(), reason)).or_insert(0) += 1);
+    }
+
+    /// `reason`: `protocol_id`, `length`, `overflow`, `idle`, `internal_error`.
+    pub fn framing_error(&self, conduit: &Arc<str>, reason: &'static str) {
+        self.with(|c| *c.framing_errors.entry((conduit.clone(), reason)).or_insert(0) += 1);
+    }
+
+    pub fn upstream_state(&self, device: &Arc<str>, up: bool) {
+        self.with(|c| c.upstream_up.insert(device.clone(), up));
+    }
+
+    /// `kind`: `connect_failed`, `unavailable`, `timeout`, `connection_lost`, `unmatched_reply`, `bad_reply`,
+    /// `queue_full`, `internal_error`.
+    pub fn upstream_fault(&self, device: &Arc<str>, kind: &'static str) {
+        self.with(|c| *c.upstream_faults.entry((device.clone(), kind)).or_insert(0) += 1);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.with(|c| Snapshot {
+            requests: c.requests.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            gateway_latency: c.gateway_latency.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            upstream_latency: c.upstream_latency.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            active_connections: c.active_connections.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            handshake_failures: c.handshake_failures.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            framing_errors: c.framing_errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            upstream_up: c.upstream_up.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            upstream_faults: c.upstream_faults.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        })
+    }
+}
