@@ -61,7 +61,7 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     pub fn holds_unit(&self, unit: u8) -> bool {
-        self.units.as_ref().map_or(true, |r| r.iter().any(|&(lo, hi)| lo <= unit && unit <= hi))
+        self.units.as_ref().is_none_or(|r| r.iter().any(|&(lo, hi)| lo <= unit && unit <= hi))
     }
 
     /// Requests in flight per connection.
