@@ -22,6 +22,12 @@ one-connection-per-client relays put on the target with 64 clients. Its EtherNet
 a CIP device ties sessions to TCP connections, so every client connection gets a device link of its own,
 as it does through the other relays.
 
+`zonegate-rust` is zonegate again with `--relay rust`: its Modbus conduit runs in the Rust relay
+(docs/relay.md), measured in the same run as the Python relay; its keys start `zonegate_rust_`
+(`zonegate_rust_rps_64`, `zonegate_rust_p99_2k_us`, `zonegate_rust_idle1000_rss_mb`,
+`zonegate_rust_cpu_us_per_request_64`). It has no EtherNet/IP half: that conduit is Python under either
+relay. A build of zonegate without the Rust relay reports it skipped.
+
 EtherNet/IP keys carry `_enip` after the system (`zonegate_enip_rps_64`, `haproxy_enip_p99_2k_us`, ...);
 `*_enip_cpu_us` is the relay's CPU per request with 64 clients.
 
@@ -457,14 +463,14 @@ def relay(system: str, work: Path, pki: DevPki, target: int,
         yield target, None
         return
     port = free_port()
-    if system == "zonegate":
-        policy = work / f"bench-policy-{protocol}.yaml"
+    if system in ("zonegate", "zonegate-rust"):
+        policy = work / f"bench-policy-{system}-{protocol}.yaml"
         template = ENIP_POLICY if protocol == "enip" else POLICY
         policy.write_text(template.format(target=target, port=port, metrics=free_port()))
         # As a user starts it (the launcher sets its own malloc tunables), but without the boundary table:
         # the other relays run without one, and the host's own firewall is not the benchmark's to change.
         argv = [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
-                "--log-level", "warning", "--no-firewall"]
+                "--log-level", "warning", "--no-firewall", "--relay", "rust" if system == "zonegate-rust" else "python"]
         with _process(argv, port) as process:
             yield port, process.pid
         return
@@ -496,7 +502,11 @@ def relay(system: str, work: Path, pki: DevPki, target: int,
     raise ValueError(system)
 
 
-def available(system: str) -> bool:
+def available(system: str, protocol: str = "modbus") -> bool:
+    if system == "zonegate-rust":
+        from zonegate import _engine
+
+        return protocol == "modbus" and hasattr(_engine, "Relay")
     if system == "stunnel":
         return bool(shutil.which("stunnel4") or shutil.which("stunnel"))
     if system == "haproxy":
@@ -541,10 +551,12 @@ async def measure_protocol(args: argparse.Namespace, work: Path, pki: DevPki, co
     argv = [sys.executable, __file__, "--serve-target", str(target_port), "--target-protocol", protocol]
     with _process(argv, target_port) as target:
         for system_name in args.systems:
-            if not available(system_name):
-                print(f"# {system_name}: not installed, skipped", file=sys.stderr)
+            if not available(system_name, protocol):
+                if system_name != "zonegate-rust" or protocol == "modbus":
+                    print(f"# {system_name}: not installed, skipped", file=sys.stderr)
                 continue
-            system = system_name if protocol == "modbus" else f"{system_name}_{protocol}"
+            key = system_name.replace("-", "_")
+            system = key if protocol == "modbus" else f"{key}_{protocol}"
             with relay(system_name, work, pki, target_port, protocol) as (port, pid):
                 tls = None if system_name == "direct" else context
                 for clients in args.clients:
@@ -576,7 +588,7 @@ async def measure_protocol(args: argparse.Namespace, work: Path, pki: DevPki, co
                 out[f"{system}_p999_2k_us"] = round(fixed.percentile(99.9), 1)
                 if fixed.errors:
                     out[f"{system}_errors_2k"] = fixed.errors
-                if pid and protocol == "modbus" and system in args.idle:
+                if pid and protocol == "modbus" and system_name in args.idle:
                     count = 100 if args.quick else 1000
                     transports = await idle_connections(port, context, count)
                     await asyncio.sleep(0.5)
@@ -590,9 +602,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="short runs: check the harness, not the speed")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per closed-loop run")
-    parser.add_argument("--systems", default="direct,stunnel,haproxy,zonegate")
+    parser.add_argument("--systems", default="direct,stunnel,haproxy,zonegate,zonegate-rust")
     parser.add_argument("--clients", default="1,16,64")
-    parser.add_argument("--idle", default="zonegate,haproxy,stunnel", help="systems whose idle RSS is measured")
+    parser.add_argument("--idle", default="zonegate,zonegate-rust,haproxy,stunnel",
+                        help="systems whose idle RSS is measured")
     half = parser.add_mutually_exclusive_group()
     half.add_argument("--modbus-only", action="store_true", help="only the Modbus/TCP half")
     half.add_argument("--enip-only", action="store_true", help="only the EtherNet/IP half")
@@ -617,12 +630,19 @@ def main() -> int:
         return 0
     for key, value in out.items():
         print(f"{key:40} {value}")
-    for wanted, base, ratio in (("zonegate_rps_64", "haproxy_rps_64", 1.2), ("zonegate_rps_64", "stunnel_rps_64", 1.5)):
-        if out.get(base):
-            print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target >= {ratio})")
-    if out.get("haproxy_p99_2k_us"):
-        ratio = out.get("zonegate_p99_2k_us", 0) / out["haproxy_p99_2k_us"]
-        print(f"zonegate_p99_2k_us / haproxy_p99_2k_us = {ratio:.2f} (target <= 1.5)")
+    for name in ("zonegate", "zonegate_rust"):
+        if f"{name}_rps_64" not in out:
+            continue
+        for base, ratio in (("haproxy_rps_64", 1.2), ("stunnel_rps_64", 1.5)):
+            wanted = f"{name}_rps_64"
+            if out.get(base):
+                print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target >= {ratio})")
+        if out.get("haproxy_p99_2k_us"):
+            ratio = out.get(f"{name}_p99_2k_us", 0) / out["haproxy_p99_2k_us"]
+            print(f"{name}_p99_2k_us / haproxy_p99_2k_us = {ratio:.2f} (target <= 1.5)")
+        if out.get("haproxy_cpu_us_per_request_64"):
+            ratio = out.get(f"{name}_cpu_us_per_request_64", 0) / out["haproxy_cpu_us_per_request_64"]
+            print(f"{name}_cpu_us_per_request_64 / haproxy_cpu_us_per_request_64 = {ratio:.2f} (target <= 1.0)")
     for wanted, base, ratio in (("zonegate_enip_rps_64", "haproxy_enip_rps_64", 1.2),
                                 ("zonegate_enip_rps_64", "stunnel_enip_rps_64", 1.5)):
         if out.get(base):

@@ -16,7 +16,7 @@ fewer bytes than its length field declares; `trailing_bytes` when it holds more 
 """
 
 from collections.abc import Callable
-from typing import final
+from typing import Any, final
 
 # split() status values
 COMPLETE: int  # 0: n is the ADU length
@@ -116,6 +116,50 @@ class Engine:
         self, principal: int, device: int, session: EnipSession, frame: bytes, now_ns: int | None = None
     ) -> CipDecision:
         """Decide one EtherNet/IP encapsulation message of the client connection `session` tracks."""
+
+# --- Modbus relay (`zonegate run --relay rust`; binding in rust_ext/src/py_relay.rs) -----------------------
+
+_RelayEvent = (
+    # ("identify", conn_id, listener, peer "host:port" ("[addr]:port" for IPv6), client certificate DER | None)
+    tuple[str, int, str, str, bytes | None]
+    | tuple[str, int]  # ("closed", conn_id)
+    # ("audit", conn_id, listener, device, adu, verdict name, reason name, rule id, exception, malformed name,
+    #  CLOCK_REALTIME ns): every deny and would_deny and every forwarded write
+    | tuple[str, int, str, str | None, bytes, str, str, str | None, int | None, str | None, int]
+    | tuple[str, str, str]  # ("log", "info" | "warning" | "error", message)
+    | tuple[str, int, bytes | None, int | None]  # ("reply", token, reply ADU, exception code)
+)
+
+@final
+class Relay:
+    """The Modbus relay on tokio (docs/relay.md): accepts on the sockets Python bound, decides every request with
+    `engine`, answers or forwards it; Python names principals and writes audit records from the events."""
+
+    def __new__(cls, engine: Engine, config: dict[str, Any], fds: list[int], threads: int = 2) -> Relay: ...
+    def __init__(self, engine: Engine, config: dict[str, Any], fds: list[int], threads: int = 2) -> None:
+        """Starts the runtime and one accept loop per listener; `fds[i]` is `config["listeners"][i]`'s bound
+        listening socket, owned by the relay once this returns. ValueError names the listener or device whose
+        settings or TLS material do not load (the fds then stay the caller's)."""
+
+    def event_fd(self) -> int:
+        """Readable while events wait: read it (8 bytes), then call `events()`."""
+
+    def events(self) -> list[_RelayEvent]: ...
+    def identify(self, conn_id: int, principal: str | None, /) -> None:
+        """The answer to an `identify` event: the principal's name, or None when unknown."""
+
+    def reload(self, engine: Engine, config: dict[str, Any]) -> None:
+        """Swaps in the new engine and configuration once all of it builds; ValueError keeps the old one.
+        The listeners must be the same, in the same order (they are bound at start)."""
+
+    def submit(self, device: str, adu: bytes, /) -> int:
+        """Forwards one complete ADU to `device` (KeyError when unknown; ValueError when not one ADU or the relay
+        is stopped); the answer comes as a ("reply", token, ...) event."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+    def stop(self, timeout: float) -> None:
+        """Stops accepting, waits up to `timeout` seconds for forwarded requests, then closes everything."""
+
 
 # --- capture replay (`zonegate replay`; binding in rust_ext/src/py_replay.rs) ------------------------
 

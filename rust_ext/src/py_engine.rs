@@ -7,6 +7,8 @@
 // PyO3 0.22's generated wrappers convert PyErr into itself.
 #![allow(clippy::useless_conversion)]
 
+use std::sync::Arc;
+
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
@@ -293,7 +295,8 @@ impl PyBatchSummary {
 
 #[pyclass(module = "zonegate._engine", name = "Engine", frozen)]
 pub struct PyEngine {
-    pub(crate) inner: Engine,
+    /// Shared with the relays built from this engine (`zonegate._engine.Relay`).
+    pub(crate) inner: Arc<Engine>,
     pub(crate) rule_ids: Vec<Py<PyString>>,
     pub(crate) empty: Py<PyString>,
 }
@@ -328,7 +331,7 @@ impl PyEngine {
             py.allow_threads(|| Engine::from_json(ir_json)).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let rule_ids =
             (0..inner.rule_count() as u32).map(|i| PyString::new_bound(py, inner.rule_id(i)).unbind()).collect();
-        Ok(PyEngine { inner, rule_ids, empty: PyString::new_bound(py, "").unbind() })
+        Ok(PyEngine { inner: Arc::new(inner), rule_ids, empty: PyString::new_bound(py, "").unbind() })
     }
 
     /// `"enforce"` or `"monitor"`.

@@ -1,4 +1,5 @@
-"""Inbound conduit end to end: pymodbus TLS clients -> zonegate -> a simulated PLC, over real sockets."""
+"""Inbound conduit end to end: pymodbus TLS clients -> zonegate -> a simulated PLC, over real sockets, through
+each relay (Python and Rust)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any, TypeVar
 import pytest
 from pymodbus.client import AsyncModbusTlsClient
 
+from tests.integration.relays import running
 from zonegate.controlplane.pki import DevPki, generate
 from zonegate.demo.plc import SimulatedPlc
-from zonegate.demo.stack import client_ssl_context, free_port, running_conduit
+from zonegate.demo.stack import client_ssl_context, free_port
 
 T = TypeVar("T")
 TEST_TIMEOUT = 30.0
@@ -69,8 +71,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 
 
 class Stack:
-    def __init__(self, tmp: Path, pki: DevPki, mode: str = "enforce", device_timeout: str = "2s") -> None:
+    def __init__(self, tmp: Path, pki: DevPki, mode: str = "enforce", device_timeout: str = "2s", *,
+                 relay: str = "python") -> None:
         self.pki = pki
+        self.relay = relay
         self.plc_port = free_port()
         self.listen_port = free_port()
         self.audit = tmp / "audit.jsonl"
@@ -92,15 +96,15 @@ class Stack:
         if plc:
             await device.start()
         try:
-            async with running_conduit([self.policy], self.pki.directory, str(self.audit)) as conduit:
+            async with running(self.relay, [self.policy], self.pki.directory, str(self.audit)) as conduit:
                 return await body(device, conduit)
         finally:
             if plc:
                 await device.stop()
 
 
-def test_operator_reads_and_writes_reach_the_plc(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_operator_reads_and_writes_reach_the_plc(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         client = stack.client("operator")
@@ -123,8 +127,10 @@ def test_operator_reads_and_writes_reach_the_plc(tmp_path: Path, pki: DevPki) ->
     assert write["principal"]["role"] == "Operator" and write["rule"] == "operator-setpoints"
 
 
-def test_denied_requests_answer_01_and_never_reach_the_plc(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_denied_requests_answer_01_and_never_reach_the_plc(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         client = stack.client("operator")
@@ -145,8 +151,10 @@ def test_denied_requests_answer_01_and_never_reach_the_plc(tmp_path: Path, pki: 
     assert reasons == ["value_out_of_bounds", "address_out_of_range", "function_not_allowed"]
 
 
-def test_monitor_mode_forwards_would_deny_but_never_malformed(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki, mode="monitor")
+def test_monitor_mode_forwards_would_deny_but_never_malformed(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    stack = Stack(tmp_path, pki, mode="monitor", relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         client = stack.client("operator")
@@ -174,8 +182,8 @@ def test_monitor_mode_forwards_would_deny_but_never_malformed(tmp_path: Path, pk
     assert records[1]["malformed"] == "bad_quantity" and records[1]["exception"] == 3
 
 
-def test_unit_no_device_holds_is_refused(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_unit_no_device_holds_is_refused(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         client = stack.client("operator")
@@ -192,8 +200,8 @@ def test_unit_no_device_holds_is_refused(tmp_path: Path, pki: DevPki) -> None:
     assert record["device"] is None and record["reason"] == "no_matching_rule"
 
 
-def test_viewer_role_is_limited_to_its_rule(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_viewer_role_is_limited_to_its_rule(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         client = stack.client("viewer")
@@ -209,11 +217,11 @@ def test_viewer_role_is_limited_to_its_rule(tmp_path: Path, pki: DevPki) -> None
     run(stack.run(body))
 
 
-def test_reload_resolves_open_connections_again(tmp_path: Path, pki: DevPki) -> None:
+def test_reload_resolves_open_connections_again(tmp_path: Path, pki: DevPki, relay: str) -> None:
     """After a reload an open connection's next request is decided under the new policy's principals."""
     from zonegate.controlplane.supervisor import load_settings
 
-    stack = Stack(tmp_path, pki)
+    stack = Stack(tmp_path, pki, relay=relay)
     moved = tmp_path / "moved.yaml"
     moved.write_text(stack.policy.read_text().replace("operator: {tls_role: Operator}",
                                                       "operator: {tls_role: [Operator, Viewer]}")
@@ -234,3 +242,37 @@ def test_reload_resolves_open_connections_again(tmp_path: Path, pki: DevPki) -> 
 
     run(stack.run(body))
     assert [r["principal"]["name"] for r in stack.audit_records()] == ["viewer", "operator"]
+
+
+def test_reload_that_does_not_build_keeps_the_old_policy(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    """A new policy whose listener key anyone may read is refused whole: old rules, old certificates."""
+    from zonegate.controlplane.supervisor import load_settings
+    from zonegate.controlplane.tls import TlsConfigError
+
+    stack = Stack(tmp_path, pki, relay=relay)
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(pki.key("server").read_bytes())
+    loose.chmod(0o644)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(stack.policy.read_text().replace("key: server.key", f"key: {loose}")
+                   .replace("write_single_register, write_multiple_registers", "mask_write_register"))
+
+    async def body(plc: SimulatedPlc, conduit: Any) -> None:
+        client = stack.client("operator")
+        assert await client.connect()
+        try:
+            assert not (await client.write_register(101, 7, device_id=1)).isError()
+            with pytest.raises(TlsConfigError, match="private key mode is 0644"):
+                conduit.reload(load_settings([bad], pki.directory))
+            assert not (await client.write_register(101, 8, device_id=1)).isError()  # the old rules still
+        finally:
+            client.close()
+        fresh = stack.client("operator")  # and a new connection still gets the old listener's TLS
+        assert await fresh.connect()
+        try:
+            assert (await fresh.read_holding_registers(101, count=1, device_id=1)).registers == [8]
+        finally:
+            fresh.close()
+        assert plc.seen[6] == 2
+
+    run(stack.run(body))

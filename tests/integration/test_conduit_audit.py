@@ -24,8 +24,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return generate(tmp_path_factory.mktemp("pki"))
 
 
-def test_flood_of_denials_is_rate_limited_in_the_audit_and_fully_counted(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_flood_of_denials_is_rate_limited_in_the_audit_and_fully_counted(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
     stack.policy.write_text(stack.policy.read_text().replace("max_per_second: 1000", "max_per_second: 5"))
     total = 300
     seconds: list[float] = []

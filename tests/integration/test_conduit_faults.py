@@ -1,5 +1,6 @@
 """Faults on both sides of the inbound conduit: dead, silent, resetting and confused devices; clients that
-send garbage, absurd lengths or one byte at a time; and many clients sharing one device connection."""
+send garbage, absurd lengths or one byte at a time; and many clients sharing one device connection. Each
+runs through both relays (Python and Rust)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from tests.integration.relays import running
 from tests.integration.test_conduit import run
 from tests.integration.test_conduit_tls import exchange, until
 from zonegate.controlplane.pki import DevPki, generate
 from zonegate.demo.plc import SimulatedPlc
-from zonegate.demo.stack import client_ssl_context, free_port, running_conduit
+from zonegate.demo.stack import client_ssl_context, free_port
 
 POLICY = """\
 version: 1
@@ -68,8 +70,9 @@ class Rig:
     """A conduit in front of two device ports (units 1 and 2), with peers the test chooses."""
 
     def __init__(self, tmp: Path, pki: DevPki, *, max_outstanding: int = 10, idle_timeout: str = "300s",
-                 timeout_a: str = "2s") -> None:
+                 timeout_a: str = "2s", relay: str = "python") -> None:
         self.pki = pki
+        self.relay = relay
         self.port_a, self.port_b, self.listen_port = free_port(), free_port(), free_port()
         self.policy = tmp / "policy.yaml"
         self.policy.write_text(POLICY.format(port_a=self.port_a, port_b=self.port_b, listen_port=self.listen_port,
@@ -81,7 +84,8 @@ class Rig:
         return client_ssl_context(self.pki, "operator")
 
     async def run(self, body: Callable[[Any], Awaitable[None]]) -> None:
-        async with running_conduit([self.policy], self.pki.directory, str(self.policy.parent / "audit.jsonl")) as c:
+        audit = str(self.policy.parent / "audit.jsonl")
+        async with running(self.relay, [self.policy], self.pki.directory, audit) as c:
             await body(c)
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -95,10 +99,14 @@ async def read_adu(reader: asyncio.StreamReader) -> bytes:
     return header + await asyncio.wait_for(reader.readexactly(int.from_bytes(header[4:6], "big")), 5)
 
 
-async def raw_device(port: int, handler: Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]) -> asyncio.Server:
-    """A misbehaving device: `handler` gets each request ADU it receives."""
+async def raw_device(port: int, handler: Callable[[bytes, asyncio.StreamWriter], Awaitable[None]],
+                     connections: set[asyncio.StreamWriter] | None = None) -> asyncio.Server:
+    """A misbehaving device: `handler` gets each request ADU it receives; `connections` (if given) holds the
+    connections it has open."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connections is not None:
+            connections.add(writer)
         try:
             while True:
                 header = await reader.readexactly(6)
@@ -107,6 +115,8 @@ async def raw_device(port: int, handler: Callable[[bytes, asyncio.StreamWriter],
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            if connections is not None:
+                connections.discard(writer)
             writer.close()
 
     return await asyncio.start_server(serve, "127.0.0.1", port)
@@ -118,8 +128,12 @@ def faults(conduit: Any, device: str, kind: str) -> float:
     ) or 0.0
 
 
-def test_device_down_answers_0a_and_is_used_again_when_it_comes_back(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki)
+def upstream_up(conduit: Any, device: str) -> float | None:
+    return conduit.metrics.registry.get_sample_value("zonegate_upstream_up", {"device": device})
+
+
+def test_device_down_answers_0a_and_is_used_again_when_it_comes_back(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    rig = Rig(tmp_path, pki, relay=relay)
 
     async def body(conduit: Any) -> None:
         reply = await exchange(rig.listen_port, rig.context(), read_request(9, 0))
@@ -141,8 +155,8 @@ def test_device_down_answers_0a_and_is_used_again_when_it_comes_back(tmp_path: P
     run(rig.run(body))
 
 
-def test_silent_device_answers_0b_without_stalling_the_other_device(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki, timeout_a="1500ms")
+def test_silent_device_answers_0b_without_stalling_the_other_device(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    rig = Rig(tmp_path, pki, relay=relay, timeout_a="1500ms")
 
     async def silent(adu: bytes, writer: asyncio.StreamWriter) -> None:
         return None
@@ -168,8 +182,8 @@ def test_silent_device_answers_0b_without_stalling_the_other_device(tmp_path: Pa
     run(rig.run(body))
 
 
-def test_device_reset_mid_reply_answers_0b(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki)
+def test_device_reset_mid_reply_answers_0b(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    rig = Rig(tmp_path, pki, relay=relay)
 
     async def half_then_reset(adu: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(adu[0:2] + b"\x00\x00\x00\x05\x01")  # the start of a reply, then a reset
@@ -188,8 +202,10 @@ def test_device_reset_mid_reply_answers_0b(tmp_path: Path, pki: DevPki) -> None:
     run(rig.run(body))
 
 
-def test_reply_with_wrong_tid_function_or_byte_count_is_dropped_and_counted(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki, timeout_a="300ms")
+def test_reply_with_wrong_tid_function_or_byte_count_is_dropped_and_counted(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    rig = Rig(tmp_path, pki, relay=relay, timeout_a="300ms")
 
     async def wrong_tid(adu: bytes, writer: asyncio.StreamWriter) -> None:
         tid = (int.from_bytes(adu[0:2], "big") + 1) & 0xFFFF
@@ -203,24 +219,28 @@ def test_reply_with_wrong_tid_function_or_byte_count_is_dropped_and_counted(tmp_
 
     async def body(conduit: Any) -> None:
         for handler in (wrong_tid, wrong_function, bad_byte_count):
-            server = await raw_device(rig.port_a, handler)
+            connections: set[asyncio.StreamWriter] = set()
+            server = await raw_device(rig.port_a, handler, connections)
             try:
                 reply = await exchange(rig.listen_port, rig.context(), read_request(5, 0))
                 assert reply == exception_reply(5, 1, 0x0B)
             finally:
                 server.close()
+                # The next handler listens on the same port afresh: the device drops zonegate's connection
+                # and zonegate reconnects at the next request.
+                for writer in list(connections):
+                    writer.transport.abort()
                 await server.wait_closed()
-            pool = conduit.pools["plc-a"]  # the next handler listens on the same port afresh
-            for connection in list(pool.connections):
-                connection.transport.abort()
-            await until(lambda: not pool.connections)
+            await until(lambda: upstream_up(conduit, "plc-a") == 0)
         assert faults(conduit, "plc-a", "unmatched_reply") == 3
 
     run(rig.run(body))
 
 
-def test_fifty_clients_with_colliding_transaction_ids_get_their_own_replies(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki)
+def test_fifty_clients_with_colliding_transaction_ids_get_their_own_replies(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    rig = Rig(tmp_path, pki, relay=relay)
     values = {i: 1000 + 7 * i for i in range(200)}
 
     async def client(n: int) -> None:
@@ -240,16 +260,15 @@ def test_fifty_clients_with_colliding_transaction_ids_get_their_own_replies(tmp_
         try:
             await asyncio.gather(*(client(n) for n in range(50)))
             assert plc.seen[3] == 500
-            (pool,) = [conduit.pools["plc-a"]]
-            assert len(pool.connections) == 1
+            assert plc.server is not None and len(plc.server.active_connections) == 1  # all on one connection
         finally:
             await plc.stop()
 
     run(rig.run(body))
 
 
-def test_pipelined_client_beyond_max_outstanding_gets_every_reply(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki, max_outstanding=3)
+def test_pipelined_client_beyond_max_outstanding_gets_every_reply(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    rig = Rig(tmp_path, pki, relay=relay, max_outstanding=3)
 
     async def body(conduit: Any) -> None:
         plc = SimulatedPlc(rig.port_a, initial={i: i * 3 for i in range(200)})
@@ -266,8 +285,8 @@ def test_pipelined_client_beyond_max_outstanding_gets_every_reply(tmp_path: Path
     run(rig.run(body))
 
 
-def test_garbage_after_a_valid_adu_answers_it_then_closes(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki)
+def test_garbage_after_a_valid_adu_answers_it_then_closes(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    rig = Rig(tmp_path, pki, relay=relay)
 
     async def body(conduit: Any) -> None:
         plc = SimulatedPlc(rig.port_a, initial={0: 5})
@@ -287,8 +306,8 @@ def test_garbage_after_a_valid_adu_answers_it_then_closes(tmp_path: Path, pki: D
     run(rig.run(body))
 
 
-def test_length_65535_closes_the_connection(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki)
+def test_length_65535_closes_the_connection(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    rig = Rig(tmp_path, pki, relay=relay)
 
     async def body(conduit: Any) -> None:
         reader, writer = await rig.connect()
@@ -301,8 +320,10 @@ def test_length_65535_closes_the_connection(tmp_path: Path, pki: DevPki) -> None
     run(rig.run(body))
 
 
-def test_one_byte_at_a_time_is_reassembled_and_a_stalled_client_times_out(tmp_path: Path, pki: DevPki) -> None:
-    rig = Rig(tmp_path, pki, idle_timeout="1s")
+def test_one_byte_at_a_time_is_reassembled_and_a_stalled_client_times_out(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    rig = Rig(tmp_path, pki, relay=relay, idle_timeout="1s")
 
     async def body(conduit: Any) -> None:
         plc = SimulatedPlc(rig.port_a, initial={2: 222})

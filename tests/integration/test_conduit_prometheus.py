@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.integration.relays import running
 from tests.integration.test_conduit import Stack, run
 from tests.integration.test_conduit_faults import read_adu, read_request
 from zonegate.controlplane.pki import DevPki, generate
 from zonegate.demo.plc import SimulatedPlc
-from zonegate.demo.stack import client_ssl_context, free_port, running_conduit
+from zonegate.demo.stack import client_ssl_context, free_port
 
 WRITE_REGISTER_5 = bytes.fromhex("0000 0006 01 06 0005 0001")  # after the tid: denied (address)
 
@@ -42,11 +43,11 @@ def query(port: int, promql: str) -> dict[str, float]:
     return {r["metric"].get("verdict", ""): float(r["value"][1]) for r in body["data"]["result"]}
 
 
-def test_prometheus_scrapes_request_counters_by_verdict(tmp_path: Path, pki: DevPki) -> None:
+def test_prometheus_scrapes_request_counters_by_verdict(tmp_path: Path, pki: DevPki, relay: str) -> None:
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     require(prometheus and promtool, "Debian's prometheus package (prometheus, promtool) is not installed")
     assert prometheus is not None and promtool is not None
-    stack = Stack(tmp_path, pki)
+    stack = Stack(tmp_path, pki, relay=relay)
     metrics_port, prometheus_port = free_port(), free_port()
     stack.policy.write_text(stack.policy.read_text() + f"metrics: {{bind: 127.0.0.1:{metrics_port}}}\n")
     config = tmp_path / "prometheus.yml"
@@ -65,7 +66,7 @@ def test_prometheus_scrapes_request_counters_by_verdict(tmp_path: Path, pki: Dev
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            async with running_conduit([stack.policy], pki.directory, str(stack.audit), serve_metrics=True):
+            async with running(relay, [stack.policy], pki.directory, str(stack.audit), serve_metrics=True):
                 reader, writer = await asyncio.open_connection(
                     "127.0.0.1", stack.listen_port, ssl=client_ssl_context(pki, "operator"),
                     server_hostname="127.0.0.1",

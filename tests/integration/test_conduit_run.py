@@ -1,5 +1,6 @@
 """`zonegate run` as a process: serves, reloads on SIGHUP (keeping the old policy when the new one is
-bad), keeps open connections working across a reload under load, exposes metrics, and drains on SIGTERM."""
+bad), keeps open connections working across a reload under load, exposes metrics, and drains on SIGTERM;
+with each relay (`--relay python`, `--relay rust`)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 class Service:
     """A `zonegate run` child process and the lines it logs."""
 
-    def __init__(self, policy: Path, pki_dir: Path, pid_file: Path) -> None:
+    def __init__(self, policy: Path, pki_dir: Path, pid_file: Path, relay: str = "python") -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki_dir),
-             "--pid-file", str(pid_file), "--no-firewall"],
+             "--pid-file", str(pid_file), "--no-firewall", "--relay", relay],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []
@@ -89,13 +90,13 @@ async def until_metric(port: int, name: str, value: float, timeout: float = 10.0
         await asyncio.sleep(0.05)
 
 
-def test_run_reload_and_sigterm(tmp_path: Path, pki: DevPki) -> None:
+def test_run_reload_and_sigterm(tmp_path: Path, pki: DevPki, relay: str) -> None:
     plc_port, listen_port, metrics_port = free_port(), free_port(), free_port()
     policy = tmp_path / "policy.yaml"
     text = POLICY.format(mode="enforce", plc_port=plc_port, listen_port=listen_port, audit='"-"',
                          device_timeout="2s") + f"metrics: {{bind: 127.0.0.1:{metrics_port}}}\n"
     policy.write_text(text)
-    service = Service(policy, pki.directory, tmp_path / "zonegate.pid")
+    service = Service(policy, pki.directory, tmp_path / "zonegate.pid", relay)
 
     async def body() -> None:
         plc = SimulatedPlc(plc_port, initial={0: 321})
@@ -158,3 +159,26 @@ def test_run_reload_and_sigterm(tmp_path: Path, pki: DevPki) -> None:
         assert any("stopped" in line for line in service.lines)
 
     run(body(), timeout=90)
+
+
+def test_rust_relay_refuses_a_transparent_listener(tmp_path: Path, pki: DevPki) -> None:
+    """The Rust relay has no transparent listeners: `--relay rust` says so and exits before serving."""
+    listen_port = free_port()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "zones:\n  cell-a: {subnet: 127.0.0.0/8}\n"
+        "devices:\n  plc: {zone: cell-a, modbus: {host: 127.0.0.1, port: 502, units: [1]}}\n"
+        "principals:\n  hmi: {source: 127.0.0.1}\n"
+        "rules:\n  - {id: hmi-read, principal: hmi, device: plc, allow: [{functions: [read_holding_registers]}]}\n"
+        "listeners:\n"
+        f"  - {{name: legacy, protocol: modbus, bind: 127.0.0.1:{listen_port}, devices: [plc], transparent: true}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
+         "--no-firewall", "--relay", "rust"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--relay rust: listener legacy: transparent listeners" in result.stderr
+    assert "--relay python" in result.stderr

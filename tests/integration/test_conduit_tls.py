@@ -76,9 +76,9 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
     ],
 )
 def test_refused_certificates(
-    tmp_path: Path, pki: DevPki, certificate: str | None, maximum: ssl.TLSVersion | None, reason: str
+    tmp_path: Path, pki: DevPki, relay: str, certificate: str | None, maximum: ssl.TLSVersion | None, reason: str
 ) -> None:
-    stack = Stack(tmp_path, pki)
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         context = client_ssl_context(pki, certificate, maximum=maximum)
@@ -93,8 +93,10 @@ def test_refused_certificates(
 
 
 @pytest.mark.parametrize("certificate", ["client-norole", "client-tworoles", "client-badrole"])
-def test_certificates_without_a_usable_role_get_exception_01(tmp_path: Path, pki: DevPki, certificate: str) -> None:
-    stack = Stack(tmp_path, pki)
+def test_certificates_without_a_usable_role_get_exception_01(
+    tmp_path: Path, pki: DevPki, relay: str, certificate: str
+) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         reply = await exchange(stack.listen_port, client_ssl_context(pki, certificate))
@@ -110,9 +112,9 @@ def test_certificates_without_a_usable_role_get_exception_01(tmp_path: Path, pki
     assert record["reason"] == "unknown_principal" and record["principal"]["name"] is None
 
 
-def test_subject_principal_without_role(tmp_path: Path, pki: DevPki) -> None:
+def test_subject_principal_without_role(tmp_path: Path, pki: DevPki, relay: str) -> None:
     """A certificate without a role still gets what the policy grants its subject (here: nothing but rules)."""
-    stack = Stack(tmp_path, pki)
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         reply = await exchange(stack.listen_port, client_ssl_context(pki, "client-norole"))
@@ -123,8 +125,8 @@ def test_subject_principal_without_role(tmp_path: Path, pki: DevPki) -> None:
     assert record["principal"]["name"] == "auditor" and record["reason"] == "no_matching_rule"
 
 
-def test_weak_suite_refused(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_weak_suite_refused(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         for cipher in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"):
@@ -145,8 +147,8 @@ def _s_client(port: int, pki: DevPki, *options: str, stdin: str = "") -> subproc
     )
 
 
-def test_openssl_s_client_refusals(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_openssl_s_client_refusals(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         port = stack.listen_port
@@ -183,8 +185,8 @@ def test_openssl_s_client_refusals(tmp_path: Path, pki: DevPki) -> None:
     run(stack.run(body))
 
 
-def test_tls13_and_tls12_allowed_suites_work(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_tls13_and_tls12_allowed_suites_work(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         for maximum in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
@@ -196,8 +198,8 @@ def test_tls13_and_tls12_allowed_suites_work(tmp_path: Path, pki: DevPki) -> Non
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")  # the point of the test
-def test_python_tls11_client_refused(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_python_tls11_client_refused(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(plc: SimulatedPlc, conduit: Any) -> None:
         context = client_ssl_context(pki, "operator", minimum=ssl.TLSVersion.TLSv1, maximum=ssl.TLSVersion.TLSv1_1,

@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--no-firewall", dest="firewall", action="store_false",
                         help="do not apply the policy's nftables table (development on a workstation)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--relay", default="python", choices=("python", "rust"),
+                        help="where the Modbus conduits run: the Python relay (default) or the Rust relay"
+                             " (docs/relay.md; no transparent listeners)")
     parser.set_defaults(func=run)
 
 
@@ -50,14 +53,18 @@ def run(args: argparse.Namespace) -> int:
     from zonegate.controlplane.supervisor import Supervisor
     from zonegate.controlplane.tls import TlsConfigError
     from zonegate.convert.errors import ConverterError
+    from zonegate.dataplane.rust_relay import RelayConfigError
 
-    supervisor = Supervisor(args.policy, args.pki, firewall=args.firewall)
+    supervisor = Supervisor(args.policy, args.pki, firewall=args.firewall, relay=args.relay)
     if args.pid_file is not None:
         args.pid_file.write_text(f"{os.getpid()}\n")
     try:
         run_on_event_loop(supervisor.run())
     except PolicyError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except RelayConfigError as exc:
+        print(f"zonegate: --relay {args.relay}: {exc}", file=sys.stderr)
         return 2
     except (TlsConfigError, ConverterError, OSError) as exc:
         print(f"zonegate: {exc}", file=sys.stderr)

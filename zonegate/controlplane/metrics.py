@@ -7,6 +7,9 @@ Every label has a bounded set of values: conduits, principals and devices come f
 The per-request metrics (request counter, latency histograms) are plain integers and lists updated on
 the event loop thread without locks, and turned into metric families only when Prometheus scrapes:
 prometheus-client's own children take a lock per increment, which costs more than the decision.
+Under the Rust relay (`zonegate run --relay rust`) the Modbus conduits count in the relay itself; a scrape
+reads its snapshot once and adds it, label set by label set, to what Python counts (the EtherNet/IP
+conduit, the OPC UA converter), so every metric stays one family whichever relay runs.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ class _Histograms:
             series = self.series[value] = [0.0] * (len(self.bounds) + 2)
         return series
 
-    def family(self) -> HistogramMetricFamily:
+    def family(self, relay: Mapping[str, Sequence[float]] | None = None) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
-        for value, series in sorted(dict(self.series).items()):
+        every = self.series if relay is None else _merged_series(self.series, relay)
+        for value, series in sorted(dict(every).items()):
             snapshot = list(series)
             cumulative, buckets = 0.0, []
             for bound, count in zip([*map(str, self.bounds), "+Inf"], snapshot[:-1]):
@@ -67,6 +71,21 @@ class _Histograms:
                 buckets.append((bound, cumulative))
             family.add_metric([value], buckets, snapshot[-1])
         return family
+
+
+# What the Rust relay counts itself (`zonegate._engine.Relay.snapshot()`, docs/relay.md "Binding").
+RelaySnapshot = Mapping[str, Any]
+
+
+def _merged_series(own: Mapping[str, list[float]], relay: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    merged = {value: list(series) for value, series in dict(own).items()}
+    for value, series in relay.items():
+        mine = merged.get(value)
+        if mine is None:
+            merged[value] = [float(x) for x in series]
+        elif len(mine) == len(series):  # both built with LATENCY_BUCKETS; anything else is not summable
+            merged[value] = [a + float(b) for a, b in zip(mine, series)]
+    return merged
 
 
 class _RequestMetrics(Collector):
@@ -84,11 +103,18 @@ class _RequestMetrics(Collector):
                                     "Time from sending a request to a device to its reply", "device", LATENCY_BUCKETS)
 
     def collect(self) -> Iterator[Metric]:
+        yield from self.families(None)
+
+    def families(self, relay: RelaySnapshot | None) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "zonegate_requests", "Requests decided, by conduit, principal, device, function, verdict and reason",
             labels=["conduit", "principal", "device", "function", "verdict", "reason"],
         )
-        for (conduit, principal, device, fc, verdict, reason), count in sorted(dict(self.requests).items()):
+        requests: dict[tuple[str, str, str, int | str, int, int | str], int] = dict(self.requests)
+        for conduit, principal, device, fc, verdict, reason, count in (relay or {}).get("requests", ()):
+            key = (conduit, principal, device, fc, verdict, reason)
+            requests[key] = requests.get(key, 0) + count
+        for (conduit, principal, device, fc, verdict, reason), count in sorted(requests.items(), key=_sort_key):
             family.add_metric(  # the EtherNet/IP conduit counts by service and reason name
                 [conduit, principal, device, fc if isinstance(fc, str) else function_name(fc), VERDICTS[verdict],
                  reason if isinstance(reason, str) else REASONS[reason]], count
@@ -96,8 +122,74 @@ class _RequestMetrics(Collector):
         for (conduit, principal, device, fc, verdict_name, reason_name), count in sorted(dict(self.named).items()):
             family.add_metric([conduit, principal, device, function_name(fc), verdict_name, reason_name], count)
         yield family
-        yield self.gateway.family()
-        yield self.upstream.family()
+        yield self.gateway.family(relay.get("gateway_latency", {}) if relay is not None else None)
+        yield self.upstream.family(relay.get("upstream_latency", {}) if relay is not None else None)
+
+
+def _sort_key(item: tuple[tuple[Any, ...], int]) -> tuple[str, ...]:
+    # The EtherNet/IP conduit's keys hold names where the Modbus conduits' hold codes: sort them as text.
+    return tuple(str(x) for x in item[0])
+
+
+def _merged_family(metric: Counter | Gauge, kind: str, relay: Iterable[tuple[tuple[str, ...], float]],
+                   *, replace: bool = False) -> Metric:
+    """`metric`'s family with the relay's values added (`replace`: the relay's value wins for its labels)."""
+    values: dict[tuple[str, ...], float] = {}
+    name = documentation = ""
+    for collected in metric.collect():
+        name, documentation = collected.name, collected.documentation
+        for sample in collected.samples:
+            if kind == "counter" and not sample.name.endswith("_total"):
+                continue  # _created: meaningless for a sum of two counters
+            key = tuple(sample.labels.values())
+            values[key] = values.get(key, 0.0) + sample.value
+    labels = list(metric._labelnames)  # noqa: SLF001 - the names are needed before any sample exists
+    for key, value in relay:
+        values[key] = float(value) if replace else values.get(key, 0.0) + float(value)
+    family: CounterMetricFamily | GaugeMetricFamily
+    if kind == "counter":
+        family = CounterMetricFamily(name, documentation, labels=labels)
+    else:
+        family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+class _DataPlaneMetrics(Collector):
+    """The request path's metrics: what Python counts, plus, under the Rust relay, what the relay counts
+    (read once per scrape from its snapshot and summed with Python's by label set)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.relay: Callable[[], RelaySnapshot] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        source = self.relay
+        snap: RelaySnapshot | None = None
+        if source is not None:
+            try:
+                snap = source()
+            except Exception:  # a relay stopping under the scrape: export what Python has
+                snap = None
+        yield from m.per_request.families(snap)
+        plain: tuple[Counter | Gauge, ...] = (
+            m.connections, m.handshake_failures, m.framing_errors, m.upstream_up, m.upstream_faults)
+        if snap is None:
+            for metric in plain:
+                yield from metric.collect()
+            return
+        yield _merged_family(m.connections, "gauge",
+                             (((k,), v) for k, v in snap.get("active_connections", {}).items()))
+        yield _merged_family(m.handshake_failures, "counter",
+                             (((c, r), n) for c, r, n in snap.get("handshake_failures", ())))
+        yield _merged_family(m.framing_errors, "counter", (((c, r), n) for c, r, n in snap.get("framing_errors", ())))
+        yield _merged_family(m.upstream_up, "gauge",
+                             (((k,), 1.0 if up else 0.0) for k, up in snap.get("upstream_up", {}).items()),
+                             replace=True)
+        yield _merged_family(m.upstream_faults, "counter",
+                             (((d, k), n) for d, k, n in snap.get("upstream_faults", ())))
 
 
 class _CertificateExpiry(Collector):
@@ -186,23 +278,25 @@ class Metrics(PoolObserver):
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.per_request = _RequestMetrics()
-        r.register(self.per_request)
+        # Not registered themselves: `_DataPlaneMetrics` exports them, summed with the Rust relay's counts.
         self.connections = Gauge(
-            "zonegate_active_connections", "Client connections open, by conduit", ["conduit"], registry=r
+            "zonegate_active_connections", "Client connections open, by conduit", ["conduit"], registry=None
         )
         self.handshake_failures = Counter(
             "zonegate_tls_handshake_failures", "TLS handshakes refused, by conduit and reason",
-            ["conduit", "reason"], registry=r,
+            ["conduit", "reason"], registry=None,
         )
         self.framing_errors = Counter(
             "zonegate_framing_errors", "Client connections closed unanswered: invalid framing, overflow, or a transparent connection to no known device",
-            ["conduit", "reason"], registry=r,
+            ["conduit", "reason"], registry=None,
         )
-        self.upstream_up = Gauge("zonegate_upstream_up", "1 when a device is reachable", ["device"], registry=r)
+        self.upstream_up = Gauge("zonegate_upstream_up", "1 when a device is reachable", ["device"], registry=None)
         self.upstream_faults = Counter(
             "zonegate_upstream_faults", "Device faults: connect_failed, timeout, connection_lost, unmatched_reply, ...",
-            ["device", "kind"], registry=r,
+            ["device", "kind"], registry=None,
         )
+        self.data_plane = _DataPlaneMetrics(self)
+        r.register(self.data_plane)
         self.reloads = Counter("zonegate_policy_reloads", "Policy reloads by result", ["result"], registry=r)
         self.policy_info = Gauge(
             "zonegate_policy_loaded", "1 for the hash of the policy in force", ["hash"], registry=r
@@ -235,6 +329,10 @@ class Metrics(PoolObserver):
     def watch_opcua(self, source: Callable[[], OpcuaSnapshot] | None) -> None:
         """Export the converter's state from `source()` at each scrape (None: stop exporting it)."""
         self.opcua.source = source
+
+    def watch_relay(self, source: Callable[[], RelaySnapshot] | None) -> None:
+        """Add the Rust relay's counters from `source()` (its snapshot) at each scrape (None: stop)."""
+        self.data_plane.relay = source
 
     def gateway_latency_observe(self, conduit: str, seconds: float) -> None:
         self.per_request.gateway.observe(conduit, seconds)

@@ -9,6 +9,11 @@ one in force and is reported in the log and in `zonegate_policy_reloads_total{re
 Stopping leaves the table in the kernel: the boundary stays closed while zonegate is down. SIGTERM (or SIGINT) stops accepting, lets forwarded
 requests finish within a bounded drain time, and exits.
 
+The Modbus conduits run in the Python relay (zonegate.dataplane.conduit) or, with `relay="rust"`, in the
+Rust relay (zonegate.dataplane.rust_relay, docs/relay.md); the EtherNet/IP conduit and the OPC UA
+converter run beside either. A policy the Rust relay cannot run (a transparent listener) is refused
+before the firewall table is touched.
+
 When the policy has an `opcua:` section the OPC UA converter runs beside the conduit, on the conduit's
 device pools. A reload hands it the new engine (rules, principals, OPC UA users); its address space,
 endpoint, certificates and password file are fixed at start, so a reload that changes the `opcua:` or
@@ -30,10 +35,12 @@ from zonegate.controlplane.metrics import Metrics
 from zonegate.dataplane.conduit import Conduit
 from zonegate.dataplane.config import RuntimeSettings, from_policy
 from zonegate.dataplane.enip_conduit import EnipConduit, start_enip
+from zonegate.dataplane.rust_relay import RustConduit, check_relay_settings, make_conduit
 
 log = logging.getLogger("zonegate")
 
 DRAIN_TIMEOUT: Final = 5.0
+RELAYS: Final = ("python", "rust")
 
 
 def load_settings(paths: Sequence[Path], pki_dir: Path | None) -> RuntimeSettings:
@@ -62,14 +69,17 @@ class Supervisor:
     """Runs one conduit and reacts to signals."""
 
     def __init__(self, paths: Sequence[Path], pki_dir: Path | None = None, *, serve_metrics: bool = True,
-                 firewall: bool = False) -> None:
+                 firewall: bool = False, relay: str = "python") -> None:
+        if relay not in RELAYS:
+            raise ValueError(f"relay must be one of {', '.join(RELAYS)}, not {relay!r}")
         self.paths = list(paths)
+        self.relay = relay
         self.firewall = firewall
         self.pki_dir = pki_dir
         self.serve_metrics = serve_metrics
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
-        self.conduit: Conduit | None = None
+        self.conduit: Conduit | RustConduit | None = None
         self.converter: Any = None  # the OPC UA converter, when the policy has an opcua section
         self.enip: EnipConduit | None = None
         self.metrics_port: int | None = None
@@ -77,6 +87,8 @@ class Supervisor:
 
     async def start(self) -> None:
         policy, settings = load_policy(self.paths, self.pki_dir)
+        if self.relay == "rust":
+            check_relay_settings(settings)
         if self.firewall:
             from zonegate.controlplane.nftables import apply
 
@@ -87,9 +99,9 @@ class Supervisor:
             settings.audit_max_per_second,
             on_suppressed=lambda n: self.metrics.audit_suppressed.inc(n),
         )
-        self.conduit = Conduit(settings, self.metrics, self.audit)
+        self.conduit = make_conduit(self.relay, settings, self.metrics, self.audit)
         await self.conduit.start()
-        self.enip = await start_enip(self.conduit, settings)
+        self.enip = await start_enip(self.conduit, settings)  # type: ignore[arg-type]
         for listener in [*self.conduit.listeners, *(self.enip.listeners if self.enip else ())]:
             log.info("listening: %s (%s) on %s:%d", listener.settings.name, listener.settings.protocol,
                      listener.settings.host, listener.port)
@@ -99,14 +111,16 @@ class Supervisor:
             host, port = settings.metrics_bind
             self.metrics_port = self.metrics.serve(host, port)
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
-        log.info("policy %s in force, mode %s", settings.source_hash[:12], settings.mode)
+        log.info("policy %s in force, mode %s, %s relay", settings.source_hash[:12], settings.mode, self.relay)
 
     async def _start_converter(self, policy: Any) -> None:
         from zonegate.convert.opcua_server import start_opcua
 
         conduit = self.conduit
         assert conduit is not None
-        self.converter = await start_opcua(policy, conduit.generation.policy, pools=lambda: conduit.pools,
+        # On the Rust relay the pools are RelayPool adapters: the converter uses only their submit and closed.
+        pools: Any = lambda: conduit.pools  # noqa: E731
+        self.converter = await start_opcua(policy, conduit.generation.policy, pools=pools,
                                            audit=self.audit, metrics=self.metrics)
         log.info("listening: opcua on %s", self.converter.endpoint)
 

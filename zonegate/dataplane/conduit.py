@@ -25,6 +25,7 @@ from zonegate.controlplane.metrics import Metrics, function_name
 from zonegate.controlplane.tls import client_context, server_context
 from zonegate.dataplane.config import DeviceSettings, ListenerSettings, RuntimeSettings
 from zonegate.dataplane.end_of_pass import EndOfPass
+from zonegate.dataplane.identity import Identity
 from zonegate.dataplane.listener import ClientConnection, Listener
 from zonegate.dataplane.transparent import DeviceMap
 from zonegate.dataplane.upstream import GATEWAY_PATH_UNAVAILABLE, LATENCY_BOUNDS, DevicePool, Pending
@@ -254,38 +255,12 @@ class Conduit:
     # -- audit ----------------------------------------------------------------------------------------------
 
     def _audit(self, client: ClientConnection, device: str | None, adu: bytes, decision: Any) -> None:
-        request = _engine.parse_request(adu)
-        ranges = [
-            {"table": TABLES[t], "start": s, "end": e, "access": "write" if w else "read"}
-            for t, s, e, w in request.ranges
-        ]
-        record: dict[str, Any] = {
-            "time": utc_now(),
-            "conduit": client.name,
-            "principal": {
-                "name": client.principal,
-                "role": client.identity.role,
-                "subject": client.identity.subject,
-                "peer": client.identity.peer,
-            },
-            "device": device,
-            "unit": decision.unit,
-            "function": function_name(decision.function),
-            "function_code": decision.function,
-            "table": ranges[0]["table"] if ranges else None,
-            "ranges": ranges,
-            "values": [v for _t, _a, v in request.values],
-            "rule": decision.rule_id or None,
-            "reason": REASONS[decision.reason],
-            "verdict": VERDICTS[decision.verdict],
-        }
-        if decision.sub is not None:
-            record["sub"] = decision.sub
-        if decision.malformed:
-            record["malformed"] = MALFORMED[decision.malformed]
-        if decision.exception_code is not None and decision.verdict == VERDICT_DENY:
-            record["exception"] = decision.exception_code
-        self.audit.write(record)
+        self.audit.write(audit_record(
+            client.name, client.principal, client.identity, device, adu,
+            unit=decision.unit, function=decision.function, sub=decision.sub, rule=decision.rule_id or None,
+            reason=decision.reason, verdict=decision.verdict,
+            exception=decision.exception_code, malformed=decision.malformed,
+        ))
 
     # -- shutdown -----------------------------------------------------------------------------------------
 
@@ -308,3 +283,55 @@ class Conduit:
             if listener.server is not None:
                 await listener.server.wait_closed()
 
+
+
+def audit_record(
+    conduit: str,
+    principal: str | None,
+    identity: Identity,
+    device: str | None,
+    adu: bytes,
+    *,
+    unit: int,
+    function: int,
+    sub: int | None,
+    rule: str | None,
+    reason: int,
+    verdict: int,
+    exception: int | None,
+    malformed: int,
+    time: str | None = None,
+) -> dict[str, Any]:
+    """The audit record of one decided request; both relays (Python and Rust) write exactly this."""
+    request = _engine.parse_request(adu)
+    ranges = [
+        {"table": TABLES[t], "start": s, "end": e, "access": "write" if w else "read"}
+        for t, s, e, w in request.ranges
+    ]
+    record: dict[str, Any] = {
+        "time": time or utc_now(),
+        "conduit": conduit,
+        "principal": {
+            "name": principal,
+            "role": identity.role,
+            "subject": identity.subject,
+            "peer": identity.peer,
+        },
+        "device": device,
+        "unit": unit,
+        "function": function_name(function),
+        "function_code": function,
+        "table": ranges[0]["table"] if ranges else None,
+        "ranges": ranges,
+        "values": [v for _t, _a, v in request.values],
+        "rule": rule,
+        "reason": REASONS[reason],
+        "verdict": VERDICTS[verdict],
+    }
+    if sub is not None:
+        record["sub"] = sub
+    if malformed:
+        record["malformed"] = MALFORMED[malformed]
+    if exception is not None and verdict == VERDICT_DENY:
+        record["exception"] = exception
+    return record
