@@ -2,10 +2,11 @@
 subscribing client, against asyncua alone serving the same tags, in the same run.
 
 Load: 5,000 tags (uint16 holding registers) on five devices at a 1 s scan and 1,000 tags on one device at
-100 ms. Every register changes once per its tag's scan period, at a phase of its own, and holds the time
-of its last change (milliseconds, modulo 65536); so every poll finds a new value (15,000 changes/s on
-offer) and the client turns each notification into a device-change-to-client latency. The devices run in
-a process of their own (a minimal Modbus/TCP server, FC 3), zonegate in another, the client here.
+100 ms. Every register changes once per its tag's scan period, at a phase of its own (scattered over the
+addresses), and holds the time of its last change (milliseconds, modulo 65536); so every poll finds a new
+value (15,000 changes/s on offer) and the client turns each notification into a device-change-to-client
+latency. The devices run in a process of their own (a minimal Modbus/TCP server, FC 3), zonegate in
+another, the client here.
 
 Reported: value changes/s delivered to the client, the poll cycle time per scan class against the scan
 period (from zonegate's metrics), latency p50/p99 per scan class, zonegate's resident memory, and the CPU
@@ -13,9 +14,22 @@ seconds per second the server and the client used while measured (on a shared ma
 comparison is an asyncua server (same security, same namespace and node ids) whose own loop writes each
 value at its change time: no polling, so its latency is asyncua's publish path alone.
 
+The client is asyncua's, with one subscription (publishing interval `--publish-ms`, 20 ms) over
+Basic256Sha256 SignAndEncrypt, set up as the latency target assumes (docs/opcua.md, "Speed"): three
+PublishRequests queued and its collector tuned as zonegate tunes its own (a stock client's full
+collections, up to 0.2 s each a dozen times per 10 s here, would be measured as the server's latency).
+`--publish-requests 1 --client-gc stock` runs asyncua's client as shipped. Both servers are always
+measured with the same client.
+
+`--stages` times every value at each stage on its way (poll reply, address space, PublishResponse built
+and sent, decoded by the client, handler) with probes in both servers and the client, plus their event-loop
+lag and garbage-collector pauses; the probes cost some CPU, so compare stage runs with stage runs.
+
     python benchmarks/bench_opcua.py            # table
     python benchmarks/bench_opcua.py --json     # one JSON object
     python benchmarks/bench_opcua.py --quick    # a few seconds and fewer tags: checks the harness
+    python benchmarks/bench_opcua.py --stages   # where the time goes
+    python benchmarks/bench_opcua.py --publish-requests 1 --client-gc stock   # asyncua's client as shipped
 
 Targets on the development machine: 10,000 changes/s delivered, p99 under one scan period + 50 ms, RSS
 under 300 MB.
@@ -25,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -34,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +61,10 @@ from zonegate.controlplane.pki import OPCUA_CLIENT_URI, DevPki, generate  # noqa
 from zonegate.convert.opcua_server import node_id  # noqa: E402
 
 NAMESPACE = "urn:zonegate:devices"
+# The client's youngest-generation threshold with --client-gc tuned: zonegate's own (opcua_server's
+# YOUNG_COLLECTION_THRESHOLD), written out so the benchmark also runs against trees without it.
+CLIENT_YOUNG_THRESHOLD = 10_000
+PHASE_STRIDE = 7919  # a prime: coprime with any register count below it, so phases stay a permutation
 PASSWORD = "bench-client-password"
 
 
@@ -60,10 +80,16 @@ class Group:
     def scan(self) -> str:
         return "fast" if self.period_ms < 1000 else "slow"
 
+    def phase_ms(self, index: int) -> int:
+        """Where in the period register `index` changes. Phases cover the period evenly but are scattered
+        over the addresses (a prime stride), as a process's values do not change in address order: were
+        they in address order, any schedule of reads by address range would see waits that depend on
+        how its reads happen to line up with the phases, not a wait spread over the whole period."""
+        return (index * PHASE_STRIDE) % self.count * self.period_ms // self.count
+
     def change_ms(self, index: int, now_ms: int) -> int:
-        """When register `index` last changed: once per period, at a phase spread over the period."""
-        phase = index * self.period_ms // self.count
-        return now_ms - (now_ms - phase) % self.period_ms
+        """When register `index` last changed: once per period, at its phase."""
+        return now_ms - (now_ms - self.phase_ms(index)) % self.period_ms
 
 
 def tag_name(device: str, index: int) -> str:
@@ -100,6 +126,198 @@ def rss_kib(pid: int) -> tuple[int, int]:
                 key, value = line.split(":", 1)
                 values[key] = int(value.split()[0])
     return values.get("VmRSS", 0), values.get("VmHWM", 0)
+
+
+# -- stage probes (--stages) --------------------------------------------------------------------------------
+
+
+# Where a value is on its way from the device to the client, as milliseconds since the device changed it.
+SERVER_STAGES = ("read", "written", "publish", "sent")
+CLIENT_STAGES = ("decoded", "handler")
+STAGE_HELP = {
+    "read": "poll reply in zonegate (the device stamps its answer)",
+    "written": "written into the address space (monitored item queued)",
+    "publish": "PublishResponse built (publishing interval tick, a PublishRequest at hand)",
+    "sent": "PublishResponse encoded, signed, encrypted and handed to the transport",
+    "decoded": "client: PublishResponse decrypted and decoded, subscription callback entered",
+    "handler": "client: datachange_notification called (the benchmark's latency)",
+}
+
+
+class Probes:
+    """Benchmark-only probes: per value, the time it reached each stage since its device change, by scan
+    class; per process, event-loop lag and garbage-collector pauses. Nothing is recorded outside the
+    measurement window, which the benchmark opens and closes with SIGUSR2 and SIGUSR1 (the second also
+    writes the samples to `path`)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.recording = False
+        self.fast_handles: set[int] = set()  # server side: client handles of the 100 ms tags' items
+        self._gc_started = 0.0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.latency: dict[str, dict[str, list[int]]] = {}
+        self.loop_lag_ms: list[float] = []
+        self.gc_ms: dict[str, list[float]] = {}
+        self.send_ms: list[float] = []
+        self.items_per_response: list[int] = []
+        self.waited_for_request = 0
+
+    def add(self, stage: str, scan: str, change_ms: int, now_ms: int | None = None) -> None:
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        self.latency.setdefault(stage, {"fast": [], "slow": []})[scan].append((now_ms - change_ms) & 0xFFFF)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self.recording:
+            paused = 1000 * (time.perf_counter() - self._gc_started)
+            self.gc_ms.setdefault(f"gen{info['generation']}", []).append(paused)
+
+    async def _lag(self) -> None:
+        """How late a 5 ms timer fires: the longest stretch the loop spends on one callback shows here."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(0.005)
+            if self.recording:
+                self.loop_lag_ms.append(1000 * (loop.time() - started - 0.005))
+
+    def start_in_loop(self, window_signals: bool = True) -> None:
+        """Loop lag and GC pauses (and, in a server, the window signals); call from the running loop."""
+        loop = asyncio.get_running_loop()
+        self._lag_task = loop.create_task(self._lag())
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+        if window_signals:
+            loop.add_signal_handler(signal.SIGUSR2, self.open_window)
+            loop.add_signal_handler(signal.SIGUSR1, self.close_window)
+
+    def open_window(self) -> None:
+        self._clear()
+        self.recording = True
+
+    def close_window(self) -> None:
+        self.recording = False
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.result()))
+            tmp.replace(self.path)
+
+    def result(self) -> dict[str, Any]:
+        return {"latency": self.latency, "loop_lag_ms": self.loop_lag_ms, "gc_ms": self.gc_ms,
+                "send_ms": self.send_ms, "items_per_response": self.items_per_response,
+                "waited_for_request": self.waited_for_request}
+
+    def install_server(self) -> None:
+        """Probes in asyncua's server: values written into the address space, publish responses built and sent."""
+        from asyncua.server.internal_server import InternalServer
+        from asyncua.server.monitored_item_service import MonitoredItemService
+        from asyncua.server.uaprocessor import UaProcessor
+
+        probes = self
+        write = InternalServer.write_attribute_value
+
+        async def write_attribute_value(self: Any, nodeid: Any, datavalue: Any, *args: Any) -> Any:
+            value = datavalue.Value.Value if datavalue.Value is not None else None
+            if probes.recording and isinstance(value, int) and isinstance(nodeid.Identifier, str):
+                probes.add("written", "fast" if nodeid.Identifier.startswith("fast") else "slow", value)
+            return await write(self, nodeid, datavalue, *args)
+
+        common = MonitoredItemService._make_monitored_item_common
+
+        def make_monitored_item(self: Any, params: Any) -> Any:
+            identifier = params.ItemToMonitor.NodeId.Identifier
+            if isinstance(identifier, str) and identifier.startswith("fast"):
+                probes.fast_handles.add(params.RequestedParameters.ClientHandle)
+            return common(self, params)
+
+        forward = UaProcessor.forward_publish_response
+
+        async def forward_publish_response(self: Any, result: Any, requestdata: Any) -> Any:
+            if not probes.recording:
+                return await forward(self, result, requestdata)
+            now_ms = int(time.time() * 1000)
+            items = probes.notified(result.NotificationMessage.NotificationData)
+            for handle, value in items:
+                probes.add("publish", "fast" if handle in probes.fast_handles else "slow", value, now_ms)
+            started = time.perf_counter()
+            out = await forward(self, result, requestdata)
+            probes.send_ms.append(1000 * (time.perf_counter() - started))
+            probes.items_per_response.append(len(items))
+            now_ms = int(time.time() * 1000)
+            for handle, value in items:
+                probes.add("sent", "fast" if handle in probes.fast_handles else "slow", value, now_ms)
+            return out
+
+        get_request = UaProcessor.get_publish_request
+
+        def get_publish_request(self: Any, subscription_id: Any) -> Any:
+            request = get_request(self, subscription_id)
+            if request is None and probes.recording:
+                probes.waited_for_request += 1
+            return request
+
+        InternalServer.write_attribute_value = write_attribute_value  # type: ignore[method-assign,assignment]
+        MonitoredItemService._make_monitored_item_common = make_monitored_item  # type: ignore[method-assign]
+        UaProcessor.forward_publish_response = forward_publish_response  # type: ignore[method-assign]
+        UaProcessor.get_publish_request = get_publish_request  # type: ignore[method-assign]
+
+    @staticmethod
+    def notified(data: Any) -> list[tuple[int, int]]:
+        """(client handle, value) of every data change notification carrying a benchmark value."""
+        from asyncua import ua
+
+        out = []
+        for notification in data or ():
+            if isinstance(notification, ua.DataChangeNotification):
+                for item in notification.MonitoredItems:
+                    variant = item.Value.Value if item.Value is not None else None
+                    if variant is not None and isinstance(variant.Value, int):
+                        out.append((item.ClientHandle, variant.Value))
+        return out
+
+    def install_converter(self) -> None:
+        """Probes in zonegate's converter: the poll reply (its time is the value's `when`); and the loop probes
+        once the converter runs."""
+        from zonegate.convert.opcua_server import OpcuaConverter
+
+        probes = self
+        publish = OpcuaConverter._publish
+        start = OpcuaConverter.start
+
+        async def _publish(self: Any, tag: Any, value: object, status: int, when: float) -> None:
+            if probes.recording and isinstance(value, int):
+                probes.add("read", "fast" if tag.device.startswith("fast") else "slow", value, int(when * 1000))
+            await publish(self, tag, value, status, when)
+
+        async def started(self: Any) -> None:
+            await start(self)
+            probes.start_in_loop()
+
+        OpcuaConverter._publish = _publish  # type: ignore[method-assign]
+        OpcuaConverter.start = started  # type: ignore[method-assign]
+
+    def install_client(self) -> None:
+        """The client's probe: a PublishResponse decoded and handed to the subscription."""
+        from asyncua.common.subscription import Subscription
+
+        probes = self
+        callback = Subscription.publish_callback
+
+        async def publish_callback(self: Any, publish_result: Any) -> None:
+            if probes.recording:
+                now_ms = int(time.time() * 1000)
+                for handle, value in probes.notified(publish_result.NotificationMessage.NotificationData):
+                    data = self._monitored_items.get(handle)
+                    fast = data is not None and str(data.node.nodeid.Identifier).startswith("fast")
+                    probes.add("decoded", "fast" if fast else "slow", value, now_ms)
+            await callback(self, publish_result)
+
+        Subscription.publish_callback = publish_callback  # type: ignore[method-assign]
 
 
 # -- the devices (a process of their own) ------------------------------------------------------------------
@@ -148,10 +366,13 @@ async def serve_devices(spec: list[tuple[str, int, int, int]]) -> None:
 # -- asyncua alone (a process of its own) ------------------------------------------------------------------
 
 
-async def serve_plain(port: int, pki_dir: Path, spec: list[tuple[str, int, int, int]]) -> None:
+async def serve_plain(port: int, pki_dir: Path, spec: list[tuple[str, int, int, int]],
+                      probes: Probes | None = None) -> None:
     """asyncua serving the same node ids, each value written by its own loop at its change time."""
     from asyncua import Server, ua
 
+    if probes is not None:
+        probes.install_server()
     pki = DevPki(pki_dir)
     server = Server()
     await server.init()
@@ -172,8 +393,11 @@ async def serve_plain(port: int, pki_dir: Path, spec: list[tuple[str, int, int, 
                                              0, varianttype=ua.VariantType.UInt16)
             ids[group.device].append(node.nodeid)
     async with server:
+        if probes is not None:
+            probes.start_in_loop()
         print("plain ready", flush=True)
-        # Per group: the next register due, and the start of the period it is due in.
+        # Per group: registers in the order they change, the next one due, and the start of its period.
+        order = {g.device: sorted(range(g.count), key=g.phase_ms) for g in groups}
         state = {g.device: [0, (int(time.time() * 1000) // g.period_ms) * g.period_ms] for g in groups}
         while True:
             now_ms = int(time.time() * 1000)
@@ -181,8 +405,9 @@ async def serve_plain(port: int, pki_dir: Path, spec: list[tuple[str, int, int, 
             for group in groups:
                 cursor = state[group.device]
                 while True:
-                    index, cycle = cursor
-                    due = cycle + index * group.period_ms // group.count
+                    position, cycle = cursor
+                    index = order[group.device][position]
+                    due = cycle + group.phase_ms(index)
                     if due > now_ms:
                         break
                     if now_ms - due <= group.period_ms:  # a change more than a period late is skipped
@@ -191,7 +416,7 @@ async def serve_plain(port: int, pki_dir: Path, spec: list[tuple[str, int, int, 
                         written += 1
                         if written % 500 == 0:
                             await asyncio.sleep(0)  # let the server answer its clients while catching up
-                    cursor[0] = index + 1
+                    cursor[0] = position + 1
                     if cursor[0] == group.count:
                         cursor[0], cursor[1] = 0, cycle + group.period_ms
             await asyncio.sleep(0.005)
@@ -224,15 +449,25 @@ class Counter:
         self.latency[scan].append((now_ms - value) & 0xFFFF)
 
 
-def percentile(values: list[int], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the subscriber asks for and how it runs; the same for zonegate and asyncua alone."""
+
+    publish_ms: int  # the subscription's publishing interval
+    publish_requests: int  # PublishRequests kept outstanding
+    tune_gc: bool  # the client's collector tuned as zonegate tunes its own (see --client-gc)
+
+
 async def subscribe_and_measure(url: str, pki: DevPki, groups: list[Group], warmup: float, seconds: float,
-                                publish_ms: int, server_pid: int) -> dict[str, Any]:
+                                settings: ClientSettings, server_pid: int, probes: Probes | None = None,
+                                server_probes: Path | None = None) -> dict[str, Any]:
     from asyncua import Client, ua
     from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
     from asyncua.crypto.uacrypto import CertProperties
@@ -248,7 +483,8 @@ async def subscribe_and_measure(url: str, pki: DevPki, groups: list[Group], warm
     async with client:
         ns = await client.get_namespace_index(NAMESPACE)
         subscription = await client.create_subscription(
-            ua.CreateSubscriptionParameters(RequestedPublishingInterval=publish_ms, RequestedLifetimeCount=10000,
+            ua.CreateSubscriptionParameters(RequestedPublishingInterval=settings.publish_ms,
+                                            RequestedLifetimeCount=10000,
                                             RequestedMaxKeepAliveCount=100, MaxNotificationsPerPublish=0),
             counter)
         nodes = [client.get_node(node_id(f"{g.device}/{tag_name(g.device, i)}", ns))
@@ -256,24 +492,78 @@ async def subscribe_and_measure(url: str, pki: DevPki, groups: list[Group], warm
         for start in range(0, len(nodes), 500):
             await subscription.subscribe_data_change(nodes[start : start + 500], sampling_interval=cast(Any, 0.0),
                                                       queuesize=1)
+        # asyncua's client keeps one PublishRequest outstanding; the server then holds every change made
+        # while a response travels and is decoded until the next request arrives. OPC UA clients keep
+        # several queued (Part 4, 5.13.5) so the server always has one at hand.
+        session = client.uaclient.session
+        extra = [asyncio.create_task(session._publish_loop()) for _ in range(settings.publish_requests - 1)]
         deadline = time.monotonic() + max(warmup, 60.0)
         while counter.initial < total and time.monotonic() < deadline:  # every item has reported once
             await asyncio.sleep(0.1)
+        if settings.tune_gc:  # as OpcuaConverter._tune_collector, once the client's nodes and items exist
+            thresholds = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(CLIENT_YOUNG_THRESHOLD, *thresholds[1:])
         await asyncio.sleep(warmup)
+        if probes is not None:
+            probes.start_in_loop(window_signals=False)
+            os.kill(server_pid, signal.SIGUSR2)
+            probes.open_window()
         counter.measuring = True
         started = time.monotonic()
         server_cpu, client_cpu = cpu_seconds(server_pid), cpu_seconds(os.getpid())
         await asyncio.sleep(seconds)
         counter.measuring = False
         elapsed = time.monotonic() - started
+        if probes is not None:
+            probes.close_window()
+            os.kill(server_pid, signal.SIGUSR1)
         server_cpu = (cpu_seconds(server_pid) - server_cpu) / elapsed
         client_cpu = (cpu_seconds(os.getpid()) - client_cpu) / elapsed
         await subscription.delete()
+        for task in extra:
+            task.cancel()
+        await asyncio.gather(*extra, return_exceptions=True)
+    if settings.tune_gc:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     out: dict[str, Any] = {"updates_per_s": round(counter.count / elapsed), "items": total,
                            "server_cpu_per_s": round(server_cpu, 2), "client_cpu_per_s": round(client_cpu, 2)}
     for scan, values in counter.latency.items():
         out[f"{scan}_p50_ms"] = percentile(values, 0.50)
         out[f"{scan}_p99_ms"] = percentile(values, 0.99)
+    if probes is not None and server_probes is not None:
+        deadline = time.monotonic() + 30
+        while not server_probes.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        server = json.loads(server_probes.read_text()) if server_probes.exists() else {}
+        out["stages"] = stage_summary(server, probes.result(), counter.latency)
+    return out
+
+
+def distribution(values: Sequence[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": percentile(values, 0.5), "p99": percentile(values, 0.99),
+            "max": max(values) if values else None}
+
+
+def stage_summary(server: dict[str, Any], client: dict[str, Any], handler: dict[str, list[int]]) -> dict[str, Any]:
+    """Per stage and scan class, p50/p99 of the time since the device change; then what may stall a stage."""
+    latency = {**server.get("latency", {}), **client.get("latency", {}), "handler": handler}
+    stages = {}
+    for stage in (*SERVER_STAGES, *CLIENT_STAGES):
+        if stage in latency:
+            stages[stage] = {f"{scan}_{q}": percentile(latency[stage][scan], p)
+                             for scan in ("fast", "slow") for q, p in (("p50", 0.5), ("p99", 0.99))}
+    out: dict[str, Any] = {"since_change_ms": stages}
+    for side, probes in (("server", server), ("client", client)):
+        out[side] = {"loop_lag_ms": distribution(probes.get("loop_lag_ms", [])),
+                     "gc_ms": {gen: {"n": len(v), "total": round(sum(v), 1), "max": round(max(v), 1)}
+                               for gen, v in sorted(probes.get("gc_ms", {}).items())}}
+    items = server.get("items_per_response", [])
+    out["server"].update({
+        "responses": len(items), "items_per_response": distribution(items),
+        "send_ms": distribution(server.get("send_ms", [])),
+        "waited_for_request": server.get("waited_for_request", 0)})
     return out
 
 
@@ -375,16 +665,24 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     opcua_port, metrics_port, plain_port = free_port(), free_port(), free_port()
     policy = work / "policy.yaml"
     policy.write_text(policy_text(groups, ports, opcua_port, metrics_port))
+    client = ClientSettings(args.publish_ms, args.publish_requests, args.client_gc == "tuned")
     result: dict[str, Any] = {
         "tags": {"slow_1s": args.slow_tags, "fast_100ms": args.fast_tags},
+        "client": {"publish_ms": client.publish_ms, "publish_requests": client.publish_requests,
+                   "gc": args.client_gc},
         "offered_changes_per_s": round(sum(g.count * 1000 / g.period_ms for g in groups)),
         "load_average": os.getloadavg(), "cpus": os.cpu_count(), "seconds": args.seconds,
     }
     devices = Child([sys.executable, __file__, "--serve-devices", spec])
     try:
         devices.wait_for("devices ready")
-        zonegate = Child([sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
-                          "--no-firewall", "--log-level", "warning"])
+        run = ["run", "-c", str(policy), "--pki", str(pki.directory), "--no-firewall", "--log-level", "warning"]
+        probes = Probes() if args.stages else None
+        if probes is not None:
+            probes.install_client()
+        zonegate_probes = work / "zonegate-probes.json"
+        zonegate = Child([sys.executable, __file__, "--zonegate-probes", str(zonegate_probes), *run] if args.stages
+                         else [sys.executable, "-m", "zonegate.cli", *run])
         try:
             deadline = time.monotonic() + 120
             while True:  # ready once the OPC UA port answers (warning level logs no "ready")
@@ -396,19 +694,21 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         raise RuntimeError("zonegate did not start: " + "".join(zonegate.lines[-20:])) from None
                     time.sleep(0.2)
             measured = asyncio.run(subscribe_and_measure(f"opc.tcp://127.0.0.1:{opcua_port}", pki, groups,
-                                                         args.warmup, args.seconds, args.publish_ms,
-                                                         zonegate.process.pid))
+                                                         args.warmup, args.seconds, client,
+                                                         zonegate.process.pid, probes, zonegate_probes))
             rss, peak = rss_kib(zonegate.process.pid)
             result["zonegate"] = {**measured, "rss_mb": round(rss / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
                                   "poll_cycles": poll_cycles(metrics_port)}
         finally:
             zonegate.stop()
-        plain = Child([sys.executable, __file__, "--serve-plain", str(plain_port), str(pki.directory), spec])
+        plain_probes = work / "plain-probes.json"
+        plain = Child([sys.executable, __file__, "--serve-plain", str(plain_port), str(pki.directory), spec,
+                       *(["--probes", str(plain_probes)] if args.stages else [])])
         try:
             plain.wait_for("plain ready")
             measured = asyncio.run(subscribe_and_measure(f"opc.tcp://127.0.0.1:{plain_port}", pki, groups,
-                                                         args.warmup, args.seconds, args.publish_ms,
-                                                         plain.process.pid))
+                                                         args.warmup, args.seconds, client,
+                                                         plain.process.pid, probes, plain_probes))
             rss, peak = rss_kib(plain.process.pid)
             result["asyncua_alone"] = {**measured, "rss_mb": round(rss / 1024, 1), "peak_rss_mb": round(peak / 1024, 1)}
         finally:
@@ -423,6 +723,9 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"tags: {result['tags']['slow_1s']} at 1 s, {result['tags']['fast_100ms']} at 100 ms; "
           f"{result['offered_changes_per_s']} value changes/s offered; {result['seconds']} s measured; "
           f"load average {result['load_average'][0]:.2f} on {result['cpus']} CPUs")
+    client = result["client"]
+    print(f"client (both servers): publishing interval {client['publish_ms']} ms, {client['publish_requests']} "
+          f"PublishRequests outstanding, collector {client['gc']}")
     print(f"{'':16}{'updates/s':>10}{'fast p50':>10}{'fast p99':>10}{'slow p50':>10}{'slow p99':>10}{'RSS MB':>8}"
           f"{'CPU srv':>9}{'CPU cli':>9}")
     for name in ("zonegate", "asyncua_alone"):
@@ -448,9 +751,47 @@ def print_table(result: dict[str, Any]) -> None:
         "RSS < 300 MB": z.get("rss_mb", 1e9) < 300,
     }
     print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in verdicts.items()))
+    for name in ("zonegate", "asyncua_alone"):
+        stages = result.get(name, {}).get("stages")
+        if stages:
+            print_stages(name, stages)
+
+
+def print_stages(name: str, stages: dict[str, Any]) -> None:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    print(f"\n{name}: ms since the device change, by stage")
+    print(f"  {'stage':10}{'fast p50':>10}{'fast p99':>10}{'slow p50':>10}{'slow p99':>10}  where")
+    for stage, q in stages["since_change_ms"].items():
+        print(f"  {stage:10}{ms(q['fast_p50']):>10}{ms(q['fast_p99']):>10}{ms(q['slow_p50']):>10}"
+              f"{ms(q['slow_p99']):>10}  {STAGE_HELP[stage]}")
+    for side in ("server", "client"):
+        info = stages[side]
+        lag = info["loop_lag_ms"]
+        gcs = ", ".join(f"{gen} {g['n']}x total {g['total']} max {g['max']} ms" for gen, g in info["gc_ms"].items())
+        print(f"  {side}: loop lag p50 {ms(lag['p50'])} p99 {ms(lag['p99'])} max {ms(lag['max'])} ms; "
+              f"GC {gcs or 'none'}")
+    server = stages["server"]
+    send = {q: server["send_ms"][q] or 0.0 for q in ("p50", "p99", "max")}
+    print(f"  server: {server['responses']} publish responses, items per response p50 "
+          f"{ms(server['items_per_response']['p50'])} max {ms(server['items_per_response']['max'])}; "
+          f"send (encode, sign, encrypt) p50 {send['p50']:.1f} p99 {send['p99']:.1f} max {send['max']:.1f} ms; "
+          f"{server['waited_for_request']} ticks waited for a PublishRequest")
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--zonegate-probes"]:  # `zonegate run` with the stage probes in its process
+        from zonegate.commands.run import GLIBC_TUNABLES
+
+        if "GLIBC_TUNABLES" not in os.environ:  # as `zonegate run` does: malloc reads them at process start
+            os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES))
+        probes = Probes(Path(sys.argv[2]))
+        probes.install_server()
+        probes.install_converter()
+        from zonegate.cli import main as zonegate_main
+
+        return zonegate_main(sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="500 + 100 tags, 3 s: checks the harness, not speed")
@@ -459,7 +800,15 @@ def main() -> int:
     parser.add_argument("--slow-tags", type=int, default=5000)
     parser.add_argument("--fast-tags", type=int, default=1000)
     parser.add_argument("--publish-ms", type=int, default=20, help="the subscription's publishing interval")
+    parser.add_argument("--publish-requests", type=int, default=3,
+                        help="PublishRequests the client keeps outstanding (asyncua's client alone keeps 1)")
+    parser.add_argument("--client-gc", choices=("stock", "tuned"), default="tuned",
+                        help="tuned: once subscribed, the client freezes its heap and collects its youngest "
+                             "generation every 10,000 net allocations, as zonegate does")
+    parser.add_argument("--stages", action="store_true",
+                        help="probe each stage from device change to client notification (costs some CPU)")
     parser.add_argument("--serve-devices", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probes", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--serve-plain", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_devices is not None:
@@ -467,7 +816,8 @@ def main() -> int:
         return 0
     if args.serve_plain is not None:
         port, pki_dir, spec = args.serve_plain
-        asyncio.run(serve_plain(int(port), Path(pki_dir), json.loads(spec)))
+        asyncio.run(serve_plain(int(port), Path(pki_dir), json.loads(spec),
+                                Probes(args.probes) if args.probes else None))
         return 0
     import logging
 

@@ -5,6 +5,7 @@ reaches it, so a refused write is proven never to arrive."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -660,5 +661,20 @@ def test_start_refuses_a_readable_key_and_a_taken_port(tmp_path: Path, pki: Pki)
             with pytest.raises(ConverterError, match="application URI"):
                 await start_opcua(load([tmp_path / "policy.yaml"], pki_dir=loose), compiled)
             assert r.converter.poller.tasks and all(not t.done() for t in r.converter.poller.tasks)
+
+    run(scenario())
+
+
+def test_the_collector_skips_the_address_space_while_serving_and_is_restored_after(tmp_path: Path, pki: Pki) -> None:
+    before = gc.get_threshold()
+
+    async def scenario() -> None:
+        async with rig(tmp_path, pki) as r:
+            # everything alive once the address space is built is left out of collections
+            assert gc.get_freeze_count() > 10_000
+            assert gc.get_threshold()[0] >= 10_000
+            await until(lambda: r.converter.published("Ticks") == (7, 0), what="Ticks polled")
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
 
     run(scenario())

@@ -3,7 +3,8 @@
 Tags of one device, unit, table and scan period are coalesced into as few reads as the function code
 limits allow (125 registers for FC 3/4, 2000 bits for FC 1/2). Each read is an ordinary Modbus request:
 the engine decides it for the policy's poll principal (the gateway's own reads are declared, never
-implied) and the same upstream pool as the Modbus conduit carries it. A read that fails, is refused
+implied) and the same upstream pool as the Modbus conduit carries it. Each read has a slot of its own
+in its scan period (`spread`), so a class's values never arrive all at once. A read that fails, is refused
 or times out turns its tags Bad at once, with the time it happened; the next good read turns them
 Good again. Blocks of CIP tags (table "cip") are read by name through `Poller.cip` (opcua_cip).
 
@@ -185,8 +186,29 @@ class PollStats:
         self.by_group: dict[tuple[str, float], CycleStats] = {}
 
 
+def spread(groups: Mapping[tuple[str, float], Sequence[ReadBlock]]) -> dict[tuple[str, float], tuple[float, float]]:
+    """Per (device, scan period): the phase of its first read and the spacing of its reads, in seconds.
+
+    Every block of one scan period gets a slot of its own, evenly over the period, one device's blocks
+    after another's. Reads in step would bring every value of the class in at one instant: one burst of
+    address-space writes and one large PublishResponse (encoded, encrypted and decoded while the other
+    classes' changes queue behind it). Spread, each publishing interval carries a like share of the
+    changes. Each tag is still read once per period, so a change still waits at most one period."""
+    total: dict[float, int] = {}
+    for (_, scan), blocks in groups.items():
+        total[scan] = total.get(scan, 0) + len(blocks)
+    seen: dict[float, int] = {}
+    out = {}
+    for (device, scan), blocks in groups.items():
+        index = seen.get(scan, 0)
+        seen[scan] = index + len(blocks)
+        out[(device, scan)] = (scan * index / total[scan], scan / total[scan])
+    return out
+
+
 class Poller:
-    """One task per (device, scan period): read every block of that group, then sleep to the next tick."""
+    """One task per (device, scan period): read every block of that group at its slot, then wait for the
+    next period."""
 
     def __init__(
         self,
@@ -211,17 +233,12 @@ class Poller:
         self.cip: CipBlockReader | None = None  # reads the blocks of CIP tags (table "cip")
 
     def start(self) -> None:
-        """Groups of one scan period start at phases spread over that period: devices polled in step would
-        bring all their values in at once, one burst that delays every other class's polls and notifications."""
-        peers: dict[float, int] = {}
-        for _, scan in self.groups:
-            peers[scan] = peers.get(scan, 0) + 1
-        seen: dict[float, int] = {}
+        """Reads start at the slots `spread` gives them over their period."""
+        slots = spread(self.groups)
         for (device, scan), blocks in self.groups.items():
-            index = seen.get(scan, 0)
-            seen[scan] = index + 1
             self.stats.by_group[(device, scan)] = CycleStats()
-            task = asyncio.get_running_loop().create_task(self._run(device, scan, blocks, scan * index / peers[scan]),
+            phase, spacing = slots[(device, scan)]
+            task = asyncio.get_running_loop().create_task(self._run(device, scan, blocks, phase, spacing),
                                                           name=f"opcua-poll-{device}-{scan}")
             self.tasks.append(task)
 
@@ -235,24 +252,51 @@ class Poller:
                 pass
         self.tasks.clear()
 
-    async def _run(self, device: str, scan: float, blocks: list[ReadBlock], phase: float = 0.0) -> None:
+    async def _run(self, device: str, scan: float, blocks: list[ReadBlock], phase: float = 0.0,
+                   spacing: float = 0.0) -> None:
         loop = asyncio.get_running_loop()
         group = self.stats.by_group[(device, scan)]
         next_tick = loop.time() + phase
         if phase > 0:
             await asyncio.sleep(phase)
-        while True:
-            started = loop.time()
-            await asyncio.gather(*(self._read_or_fail(block) for block in blocks))
-            elapsed = loop.time() - started
+
+        async def at(offset: float, block: ReadBlock, started: float) -> float:
+            """A block read at its slot; how long after the slot its values were in."""
+            if offset > 0:
+                await asyncio.sleep(started + offset - loop.time())
+            await self._read_or_fail(block)
+            return loop.time() - (started + offset)
+
+        # The last read of a cycle starts late in the period: the next cycle starts at its own tick, and
+        # waits for the previous one only if that one is still reading then (its reads never overlap
+        # the same blocks' next reads). Waiting for it before sleeping would move every later tick
+        # back by the last read's round trip, so the group would be polled less often than its period.
+        def observe(done: asyncio.Future[list[float]]) -> None:
+            """A cycle's duration is its slowest read, each from its own slot: reads that back up show as
+            they did when a device's blocks were read all at once."""
+            if done.cancelled() or done.exception() is not None:
+                return
+            elapsed = max(done.result())
             self.stats.cycles += 1
             self.stats.last_cycle_seconds = elapsed
             group.observe(elapsed)
-            next_tick += scan
-            now = loop.time()
-            if next_tick < now:  # a cycle longer than the period: skip the missed ticks, never burst
-                next_tick = now
-            await asyncio.sleep(next_tick - now)
+
+        cycle: asyncio.Future[list[float]] | None = None
+        try:
+            while True:
+                if cycle is not None:
+                    await cycle
+                started = loop.time()
+                cycle = asyncio.gather(*(at(k * spacing, block, started) for k, block in enumerate(blocks)))
+                cycle.add_done_callback(observe)
+                next_tick += scan
+                now = loop.time()
+                if next_tick < now:  # a cycle longer than the period: skip the missed ticks, never burst
+                    next_tick = now
+                await asyncio.sleep(next_tick - now)
+        finally:
+            if cycle is not None:
+                cycle.cancel()
 
     async def _read_or_fail(self, block: ReadBlock) -> None:
         """A fault in zonegate itself turns the block Bad (never a stale Good) and polling goes on."""
