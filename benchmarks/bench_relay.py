@@ -22,11 +22,11 @@ one-connection-per-client relays put on the target with 64 clients. Its EtherNet
 a CIP device ties sessions to TCP connections, so every client connection gets a device link of its own,
 as it does through the other relays.
 
-`zonegate-rust` is zonegate again with `--relay rust`: its Modbus conduit runs in the Rust relay
-(docs/relay.md), measured in the same run as the Python relay; its keys start `zonegate_rust_`
-(`zonegate_rust_rps_64`, `zonegate_rust_p99_2k_us`, `zonegate_rust_idle1000_rss_mb`,
-`zonegate_rust_cpu_us_per_request_64`). It has no EtherNet/IP half: that conduit is Python under either
-relay. A build of zonegate without the Rust relay reports it skipped.
+`zonegate` runs its Modbus conduit in the Rust relay (docs/relay.md), as `zonegate run` does by default;
+`zonegate-python` is zonegate again with `--relay python` (the reference relay, docs/dataplane.md), measured
+in the same run; its keys start `zonegate_python_` (`zonegate_python_rps_64`, `zonegate_python_p99_2k_us`,
+`zonegate_python_idle1000_rss_mb`, `zonegate_python_cpu_us_per_request_64`). It has no EtherNet/IP half: that
+conduit is the same under either relay. A build of zonegate without the Rust relay cannot run `zonegate`.
 
 EtherNet/IP keys carry `_enip` after the system (`zonegate_enip_rps_64`, `haproxy_enip_p99_2k_us`, ...);
 `*_enip_cpu_us` is the relay's CPU per request with 64 clients.
@@ -463,14 +463,14 @@ def relay(system: str, work: Path, pki: DevPki, target: int,
         yield target, None
         return
     port = free_port()
-    if system in ("zonegate", "zonegate-rust"):
+    if system in ("zonegate", "zonegate-python"):
         policy = work / f"bench-policy-{system}-{protocol}.yaml"
         template = ENIP_POLICY if protocol == "enip" else POLICY
         policy.write_text(template.format(target=target, port=port, metrics=free_port()))
         # As a user starts it (the launcher sets its own malloc tunables), but without the boundary table:
         # the other relays run without one, and the host's own firewall is not the benchmark's to change.
         argv = [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
-                "--log-level", "warning", "--no-firewall", "--relay", "rust" if system == "zonegate-rust" else "python"]
+                "--log-level", "warning", "--no-firewall", "--relay", "python" if system == "zonegate-python" else "rust"]
         with _process(argv, port) as process:
             yield port, process.pid
         return
@@ -503,10 +503,12 @@ def relay(system: str, work: Path, pki: DevPki, target: int,
 
 
 def available(system: str, protocol: str = "modbus") -> bool:
-    if system == "zonegate-rust":
+    if system == "zonegate":
         from zonegate import _engine
 
-        return protocol == "modbus" and hasattr(_engine, "Relay")
+        return hasattr(_engine, "Relay")
+    if system == "zonegate-python":
+        return protocol == "modbus"
     if system == "stunnel":
         return bool(shutil.which("stunnel4") or shutil.which("stunnel"))
     if system == "haproxy":
@@ -552,7 +554,7 @@ async def measure_protocol(args: argparse.Namespace, work: Path, pki: DevPki, co
     with _process(argv, target_port) as target:
         for system_name in args.systems:
             if not available(system_name, protocol):
-                if system_name != "zonegate-rust" or protocol == "modbus":
+                if system_name != "zonegate-python" or protocol == "modbus":
                     print(f"# {system_name}: not installed, skipped", file=sys.stderr)
                 continue
             key = system_name.replace("-", "_")
@@ -602,9 +604,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="short runs: check the harness, not the speed")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per closed-loop run")
-    parser.add_argument("--systems", default="direct,stunnel,haproxy,zonegate,zonegate-rust")
+    parser.add_argument("--systems", default="direct,stunnel,haproxy,zonegate,zonegate-python")
     parser.add_argument("--clients", default="1,16,64")
-    parser.add_argument("--idle", default="zonegate,zonegate-rust,haproxy,stunnel",
+    parser.add_argument("--idle", default="zonegate,zonegate-python,haproxy,stunnel",
                         help="systems whose idle RSS is measured")
     half = parser.add_mutually_exclusive_group()
     half.add_argument("--modbus-only", action="store_true", help="only the Modbus/TCP half")
@@ -630,7 +632,7 @@ def main() -> int:
         return 0
     for key, value in out.items():
         print(f"{key:40} {value}")
-    for name in ("zonegate", "zonegate_rust"):
+    for name in ("zonegate", "zonegate_python"):
         if f"{name}_rps_64" not in out:
             continue
         for base, ratio in (("haproxy_rps_64", 1.2), ("stunnel_rps_64", 1.5)):

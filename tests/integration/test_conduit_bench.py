@@ -28,16 +28,16 @@ def test_bench_relay_quick_run_reports_every_figure() -> None:
     assert figures["zonegate_rps_2k"] > 0  # the fixed-rate run got replies (its rate is judged only for real)
 
 
-def test_bench_relay_quick_run_measures_the_rust_relay_beside_the_python_one() -> None:
+def test_bench_relay_quick_run_measures_the_python_relay_beside_the_rust_one() -> None:
     require_relay("rust")
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_relay.py"), "--quick", "--json", "--modbus-only",
-         "--systems", "zonegate,zonegate-rust", "--clients", "1,64", "--idle", "zonegate-rust"],
+         "--systems", "zonegate,zonegate-python", "--clients", "1,64", "--idle", "zonegate-python"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    for key in ("zonegate_rps_64", "zonegate_rust_rps_1", "zonegate_rust_rps_64", "zonegate_rust_p99_2k_us",
-                "zonegate_rust_cpu_us_per_request_64", "zonegate_rust_idle100_rss_mb"):
+    for key in ("zonegate_rps_64", "zonegate_python_rps_1", "zonegate_python_rps_64", "zonegate_python_p99_2k_us",
+                "zonegate_python_cpu_us_per_request_64", "zonegate_python_idle100_rss_mb"):
         assert figures.get(key, 0) > 0, key
     assert not [key for key in figures if "errors" in key], figures

@@ -254,7 +254,8 @@ class _OpcuaMetrics(Collector):
             refused.add_metric([reason], count)
         yield refused
         cycles = HistogramMetricFamily("zonegate_opcua_poll_cycle_seconds",
-                                       "Duration of one poll cycle of a device's scan class (its reads, concurrently)",
+                                       "Per poll cycle of a device's scan class: the longest any read took from its "
+                                       "slot until its values were in the address space",
                                        labels=["device", "scan"])
         bounds = [*map(str, snap["buckets"]), "+Inf"]
         for (device, scan), (_count, total, per_bucket) in sorted(snap["cycles"].items()):

@@ -9,10 +9,11 @@ one in force and is reported in the log and in `zonegate_policy_reloads_total{re
 Stopping leaves the table in the kernel: the boundary stays closed while zonegate is down. SIGTERM (or SIGINT) stops accepting, lets forwarded
 requests finish within a bounded drain time, and exits.
 
-The Modbus conduits run in the Python relay (zonegate.dataplane.conduit) or, with `relay="rust"`, in the
-Rust relay (zonegate.dataplane.rust_relay, docs/relay.md); the EtherNet/IP conduit and the OPC UA
-converter run beside either. A policy the Rust relay cannot run (a transparent listener) is refused
-before the firewall table is touched.
+The Modbus conduits run in the Rust relay (zonegate.dataplane.rust_relay, docs/relay.md) or in the Python
+relay (zonegate.dataplane.conduit, the reference); the EtherNet/IP conduit and the OPC UA converter run
+beside either. `relay="auto"` (the default) takes the Rust relay unless the policy has a transparent
+listener, which only the Python relay serves; `relay="rust"` refuses such a policy before the firewall
+table is touched.
 
 When the policy has an `opcua:` section the OPC UA converter runs beside the conduit, on the conduit's
 device pools. A reload hands it the new engine (rules, principals, OPC UA users); its address space,
@@ -35,12 +36,12 @@ from zonegate.controlplane.metrics import Metrics
 from zonegate.dataplane.conduit import Conduit
 from zonegate.dataplane.config import RuntimeSettings, from_policy
 from zonegate.dataplane.enip_conduit import EnipConduit, start_enip
-from zonegate.dataplane.rust_relay import RustConduit, check_relay_settings, make_conduit
+from zonegate.dataplane.rust_relay import RelayConfigError, RustConduit, check_relay_settings, make_conduit
 
 log = logging.getLogger("zonegate")
 
 DRAIN_TIMEOUT: Final = 5.0
-RELAYS: Final = ("python", "rust")
+RELAYS: Final = ("auto", "python", "rust")
 
 
 def load_settings(paths: Sequence[Path], pki_dir: Path | None) -> RuntimeSettings:
@@ -69,7 +70,7 @@ class Supervisor:
     """Runs one conduit and reacts to signals."""
 
     def __init__(self, paths: Sequence[Path], pki_dir: Path | None = None, *, serve_metrics: bool = True,
-                 firewall: bool = False, relay: str = "python") -> None:
+                 firewall: bool = False, relay: str = "auto") -> None:
         if relay not in RELAYS:
             raise ValueError(f"relay must be one of {', '.join(RELAYS)}, not {relay!r}")
         self.paths = list(paths)
@@ -87,7 +88,15 @@ class Supervisor:
 
     async def start(self) -> None:
         policy, settings = load_policy(self.paths, self.pki_dir)
-        if self.relay == "rust":
+        if self.relay == "auto":
+            # The Rust relay where it can run the policy; the Python relay (the reference) where it cannot.
+            try:
+                check_relay_settings(settings)
+                self.relay = "rust"
+            except RelayConfigError as exc:
+                log.info("Modbus conduits on the Python relay: %s", exc)
+                self.relay = "python"
+        elif self.relay == "rust":
             check_relay_settings(settings)
         if self.firewall:
             from zonegate.controlplane.nftables import apply
