@@ -319,6 +319,27 @@ def test_writers_are_principals_whose_rules_cover_the_whole_tag() -> None:
     assert writers_of(ir, tag(address=100, device="other")) == {"viewer"}
 
 
+def test_writers_are_principals_whose_rules_reach_the_tags_unit() -> None:
+    from zonegate.convert.opcua_writes import writers_of
+
+    ranges: dict[str, list[dict[str, object]]] = {t: [] for t in ("coils", "discrete_inputs", "input_registers",
+                                                                   "holding_registers", "file_records")}
+    ranges["holding_registers"] = [{"start": 0, "end": 999, "min": None, "max": None, "signed": False}]
+    allow = [{"functions": [[6, None]], "ranges": ranges, "max_quantity": None, "rate": None}]
+    ir = {
+        "principals": [{"name": n} for n in ("unit2", "any", "device")],
+        "devices": [{"name": "plc", "units": [[1, 3]]}],
+        "rules": [
+            {"id": "a", "principals": [0], "devices": [0], "units": [[2, 2]], "allow": allow},
+            {"id": "b", "principals": [1], "devices": [0], "units": [[0, 255]], "allow": allow},
+            {"id": "c", "principals": [2], "devices": [0], "units": None, "allow": allow},  # the device's units
+        ],
+    }
+    assert writers_of(ir, tag(address=100, modbus_unit=1)) == {"any", "device"}
+    assert writers_of(ir, tag(address=100, modbus_unit=2)) == {"unit2", "any", "device"}
+    assert writers_of(ir, tag(address=100, modbus_unit=7)) == {"any"}
+
+
 # -- the policy loader and the converter agree ------------------------------------------------------------
 
 AGREEMENT_POLICY = """\

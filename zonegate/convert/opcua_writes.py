@@ -226,16 +226,21 @@ def write_functions(tag: Tag) -> frozenset[int]:
 
 
 def writers_of(ir: Mapping[str, Any], tag: Tag) -> frozenset[str]:
-    """Principals some rule could let write the tag: the right function over all its addresses (value
-    bounds, units and rates aside; the engine still decides each write). Feeds UserAccessLevel."""
+    """Principals some rule could let write the tag: the tag's unit, the right function over all its
+    addresses (value bounds and rates aside; the engine still decides each write). Feeds UserAccessLevel."""
     if tag.cip_tag is not None:
         return cip_writers_of(ir, tag)
     devices = [d["name"] for d in ir["devices"]]
+    device_units = next((d.get("units") for d in ir["devices"] if d["name"] == tag.device), None)
     principals = [p["name"] for p in ir["principals"]]
     functions = write_functions(tag)
     out: set[str] = set()
     for rule in ir["rules"]:
         if not any(devices[i] == tag.device for i in rule["devices"] if 0 <= i < len(devices)):
+            continue
+        # As the engine: the rule's units if it names any, else the device's; None is every unit.
+        units = rule.get("units") if rule.get("units") is not None else device_units
+        if units is not None and not any(lo <= tag.modbus_unit <= hi for lo, hi in units):
             continue
         for entry in rule["allow"]:
             listed = {fc for fc, _sub in entry["functions"]}

@@ -16,6 +16,7 @@ import logging
 import ssl
 from bisect import bisect_left
 from dataclasses import replace
+from pathlib import Path
 from time import monotonic
 from typing import Any, Final, NamedTuple
 
@@ -37,6 +38,18 @@ VERDICT_DENY: Final = 1
 VERDICT_WOULD_DENY: Final = 2
 WRITE_FUNCTIONS: Final = frozenset((5, 6, 15, 16, 21, 22, 23))
 UNKNOWN: Final = "unknown"
+
+
+def certificate_files(settings: RuntimeSettings) -> list[tuple[str, str, Path]]:
+    """(owner, certificate, path) of every certificate the Modbus conduits use, for the expiry gauge."""
+    files: list[tuple[str, str, Path]] = []
+    for listener in settings.listeners:
+        if listener.tls is not None:
+            files += [(listener.name, "server", listener.tls.cert), (listener.name, "ca", listener.tls.ca)]
+    for device in settings.devices.values():
+        if device.tls is not None:
+            files += [(device.name, "client", device.tls.cert), (device.name, "ca", device.tls.ca)]
+    return files
 
 
 class Route(NamedTuple):
@@ -127,14 +140,7 @@ class Conduit:
             self.pools[name] = self._pool_for(device)
 
     def _watch_certificates(self, settings: RuntimeSettings) -> None:
-        files = []
-        for listener in settings.listeners:
-            if listener.tls is not None:
-                files += [(listener.name, "server", listener.tls.cert), (listener.name, "ca", listener.tls.ca)]
-        for device in settings.devices.values():
-            if device.tls is not None:
-                files += [(device.name, "client", device.tls.cert), (device.name, "ca", device.tls.ca)]
-        self.metrics.expiry.set_files(files)
+        self.metrics.expiry.set_files(certificate_files(settings))
 
     async def start(self) -> None:
         for listener_settings in self.settings.listeners:

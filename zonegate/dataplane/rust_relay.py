@@ -34,7 +34,7 @@ from zonegate import _engine
 from zonegate.controlplane.audit import AuditLog
 from zonegate.controlplane.metrics import Metrics
 from zonegate.controlplane.tls import TlsConfigError, check_key_file, client_context
-from zonegate.dataplane.conduit import _Generation, audit_record
+from zonegate.dataplane.conduit import _Generation, audit_record, certificate_files
 from zonegate.dataplane.config import DeviceSettings, ListenerSettings, RuntimeSettings, TlsFiles
 from zonegate.dataplane.end_of_pass import EndOfPass, Flushable
 from zonegate.dataplane.identity import Identity, resolve_tls, tls_identity
@@ -229,14 +229,7 @@ class RustConduit:
         return self.generation.settings
 
     def _watch_certificates(self, settings: RuntimeSettings) -> None:
-        files = []
-        for listener in settings.listeners:
-            if listener.tls is not None:
-                files += [(listener.name, "server", listener.tls.cert), (listener.name, "ca", listener.tls.ca)]
-        for device in settings.devices.values():
-            if device.tls is not None:
-                files += [(device.name, "client", device.tls.cert), (device.name, "ca", device.tls.ca)]
-        self.metrics.expiry.set_files(files)
+        self.metrics.expiry.set_files(certificate_files(settings))
 
     def listener(self, name: str) -> RelayListener:
         for listener in self.listeners:

@@ -526,14 +526,7 @@ impl Engine {
             if view.reach(entry) != 0 || !view.target_ok(entry) {
                 continue;
             }
-            let c = &pair.candidates[ci as usize];
-            if let Some((spec, ordinal)) = &entry.rate {
-                let slot = c.slot as usize + *ordinal as usize;
-                if !self.cip.buckets.charge(slot, spec, now_ns) {
-                    return Err((CipReason::RateExceeded, Some(c.rule)));
-                }
-            }
-            return Ok(c.rule);
+            return self.admit_leaf(&pair.candidates[ci as usize], entry, now_ns);
         }
         let (mut best_depth, mut best_rule) = (0u8, None);
         for c in &pair.candidates {
@@ -549,6 +542,23 @@ impl Engine {
             }
         }
         Err((CipReason::from_depth(best_depth), best_rule))
+    }
+
+    /// The first passing entry decides: its rule, unless the entry's rate bucket is empty.
+    #[inline]
+    fn admit_leaf(
+        &self,
+        c: &super::cip::CipCandidate,
+        entry: &super::cip::CompiledCipEntry,
+        now_ns: u64,
+    ) -> Result<u32, (CipReason, Option<u32>)> {
+        if let Some((spec, ordinal)) = &entry.rate {
+            let slot = c.slot as usize + *ordinal as usize;
+            if !self.cip.buckets.charge(slot, spec, now_ns) {
+                return Err((CipReason::RateExceeded, Some(c.rule)));
+            }
+        }
+        Ok(c.rule)
     }
 
     /// [`Engine::decide_leaf`] over the pair's bit sets: the same walk, the same first passing entry and
@@ -579,14 +589,7 @@ impl Engine {
             if !view.target_ok(entry) {
                 continue;
             }
-            let c = &pair.candidates[ci as usize];
-            if let Some((spec, ordinal)) = &entry.rate {
-                let slot = c.slot as usize + *ordinal as usize;
-                if !self.cip.buckets.charge(slot, spec, now_ns) {
-                    return Err((CipReason::RateExceeded, Some(c.rule)));
-                }
-            }
-            return Ok(c.rule);
+            return self.admit_leaf(&pair.candidates[ci as usize], entry, now_ns);
         }
         // The first entry that passes route and service fails at the target (depth 3); else the first
         // that passes the route fails at the service (2); else every entry fails at the route (1).
