@@ -128,6 +128,7 @@ _RelayEvent = (
     | tuple[str, int, str, str | None, bytes, str, str, str | None, int | None, str | None, int]
     | tuple[str, str, str]  # ("log", "info" | "warning" | "error", message)
     | tuple[str, int, bytes | None, int | None]  # ("reply", token, reply ADU, exception code)
+    | tuple[str, int, int]  # ("dropped", audit records, log lines): the queue was full since the last take
 )
 
 @final

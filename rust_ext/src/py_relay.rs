@@ -161,6 +161,7 @@ fn event(py: Python<'_>, e: Event) -> PyObject {
             .into_py(py),
         Event::Log { level, message } => ("log", level, message).into_py(py),
         Event::Reply { token, adu, exception } => ("reply", token, adu.map(|a| bytes(py, &a)), exception).into_py(py),
+        Event::Dropped { audits, logs } => ("dropped", audits, logs).into_py(py),
     }
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import generate_latest
@@ -21,6 +22,7 @@ from zonegate.dataplane.conduit import audit_record
 from zonegate.dataplane.identity import Identity
 from zonegate.dataplane.rust_relay import (
     RelayConfigError,
+    RustConduit,
     _code,
     _peer,
     _utc,
@@ -207,3 +209,11 @@ def test_relay_counters_are_merged_with_pythons_at_scrape() -> None:
     metrics.watch_relay(None)
     assert registry.get_sample_value("zonegate_tls_handshake_failures_total",
                                      {"conduit": "north", "reason": "unknown_ca"}) == 1
+
+
+def test_dropped_relay_events_count_as_suppressed_audit_records(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    # Only the conduit's metrics take part in handling this event.
+    RustConduit._event(SimpleNamespace(metrics=metrics), ("dropped", 5, 1))  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("zonegate_audit_suppressed_total") == 5
+    assert "5 audit records and 1 log lines dropped" in caplog.text

@@ -368,6 +368,12 @@ class RustConduit:
         elif kind == "log":
             _, level, message = event[:3]
             log.log(_LOG_LEVELS.get(str(level), logging.INFO), "%s", message)
+        elif kind == "dropped":
+            _, audits, logs = event[:3]
+            # The relay's queue was full: what it dropped counts as suppressed, like the audit log's own.
+            self.metrics.audit_suppressed.inc(int(audits))
+            log.error("%d audit records and %d log lines dropped: the control plane did not take the relay's "
+                      "events in time", audits, logs)
         else:
             log.warning("relay event of unknown kind %r ignored", kind)
 

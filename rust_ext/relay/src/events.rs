@@ -51,6 +51,12 @@ pub enum Event {
         adu: Option<Vec<u8>>,
         exception: Option<u8>,
     },
+    /// Audit records and log lines dropped since the last take (the queue was full): Python counts the
+    /// audit records as suppressed, as it does its own.
+    Dropped {
+        audits: u64,
+        logs: u64,
+    },
 }
 
 /// Audit and log events held for Python at most; past it they are dropped and the drop is logged, so a
@@ -126,12 +132,7 @@ impl Events {
         q.records = 0;
         if q.dropped_audits > 0 || q.dropped_logs > 0 {
             let (audits, logs) = (std::mem::take(&mut q.dropped_audits), std::mem::take(&mut q.dropped_logs));
-            events.push(Event::Log {
-                level: "error",
-                message: format!(
-                    "{audits} audit records and {logs} log lines dropped: the control plane did not take events in time"
-                ),
-            });
+            events.push(Event::Dropped { audits, logs });
         }
         events
     }
