@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use zonegate_relay::config::{DeviceConfig, ListenerConfig, ListenerKind, RelayConfig, TlsMaterial};
+use zonegate_relay::config::{DeviceConfig, EnipDeviceConfig, ListenerConfig, ListenerKind, RelayConfig, TlsMaterial};
 use zonegate_relay::events::Event;
 use zonegate_relay::metrics::Series;
 use zonegate_relay::Relay;
@@ -112,7 +112,11 @@ fn listener(l: &Bound<'_, PyAny>) -> PyResult<ListenerConfig> {
     let kind = match value::<String>(&l, "kind", &owner)?.as_str() {
         "modbus_tls" => ListenerKind::ModbusTls,
         "modbus" => ListenerKind::Modbus,
-        other => return Err(invalid(&owner, format_args!("kind {other:?} is not modbus_tls or modbus"))),
+        "enip_tls" => ListenerKind::EnipTls,
+        "enip" => ListenerKind::Enip,
+        other => {
+            return Err(invalid(&owner, format_args!("kind {other:?} is not modbus_tls, modbus, enip_tls or enip")))
+        }
     };
     Ok(ListenerConfig {
         kind,
@@ -125,12 +129,32 @@ fn listener(l: &Bound<'_, PyAny>) -> PyResult<ListenerConfig> {
     })
 }
 
+fn enip_device(engine: &PyEngine, d: &Bound<'_, PyAny>) -> PyResult<EnipDeviceConfig> {
+    let d = dict(d, "enip device")?;
+    let name: String = value(&d, "name", "enip device")?;
+    let owner = format!("device {name}");
+    let engine_index = engine.inner.device_index(&name).unwrap_or(u32::MAX);
+    Ok(EnipDeviceConfig {
+        host: value(&d, "host", &owner)?,
+        port: value(&d, "port", &owner)?,
+        timeout: seconds(&d, "timeout", &owner)?,
+        max_connections: value::<usize>(&d, "max_connections", &owner)?.max(1),
+        engine_index,
+        name,
+    })
+}
+
 fn relay_config(engine: &PyEngine, config: &Bound<'_, PyDict>) -> PyResult<RelayConfig> {
     let listeners = item(config, "listeners", "config")?;
     let devices = item(config, "devices", "config")?;
+    let enip_devices = match config.get_item("enip_devices")? {
+        Some(e) if !e.is_none() => e.iter()?.map(|d| enip_device(engine, &d?)).collect::<PyResult<_>>()?,
+        _ => Vec::new(),
+    };
     Ok(RelayConfig {
         listeners: listeners.iter()?.map(|l| listener(&l?)).collect::<PyResult<_>>()?,
         devices: devices.iter()?.map(|d| device(engine, &d?)).collect::<PyResult<_>>()?,
+        enip_devices,
         latency_bounds: value(config, "latency_bounds", "config")?,
     })
 }
@@ -159,6 +183,28 @@ fn event(py: Python<'_>, e: Event) -> PyObject {
             a.time_ns,
         )
             .into_py(py),
+        Event::EnipAudit(a) => {
+            let fields: [PyObject; 17] = [
+                "enip_audit".into_py(py),
+                a.conn_id.into_py(py),
+                (*a.listener).into_py(py),
+                a.device.as_deref().into_py(py),
+                bytes(py, &a.frame),
+                a.verdict.into_py(py),
+                a.reason.into_py(py),
+                a.rule.into_py(py),
+                a.service.into_py(py),
+                a.target.into_py(py),
+                a.route.into_py(py),
+                a.leaves.into_py(py),
+                a.denied_leaf.into_py(py),
+                a.malformed.into_py(py),
+                a.general_status.into_py(py),
+                a.encap_status.into_py(py),
+                a.time_ns.into_py(py),
+            ];
+            PyTuple::new_bound(py, fields).into_any().unbind()
+        }
         Event::Log { level, message } => ("log", level, message).into_py(py),
         Event::Reply { token, adu, exception } => ("reply", token, adu.map(|a| bytes(py, &a)), exception).into_py(py),
         Event::Dropped { audits, logs } => ("dropped", audits, logs).into_py(py),
@@ -244,6 +290,10 @@ impl PyRelay {
         let requests = PyList::empty_bound(py);
         for ((conduit, principal, device, fc, verdict, reason), n) in s.requests {
             requests.append((&*conduit, &*principal, &*device, fc, verdict, reason, n))?;
+        }
+        // EtherNet/IP counts by service and reason name, as the Python conduit does.
+        for ((conduit, principal, device, function, verdict, reason), n) in s.named_requests {
+            requests.append((&*conduit, &*principal, &*device, function, verdict, reason, n))?;
         }
         d.set_item("requests", requests)?;
         d.set_item("gateway_latency", series_dict(py, s.gateway_latency)?)?;

@@ -22,15 +22,31 @@ pub enum ListenerKind {
     ModbusTls,
     /// Plain Modbus/TCP server, zone side: principals from source addresses.
     Modbus,
+    /// EtherNet/IP over TLS (the CIP Security transport), north side: principals from client certificates.
+    EnipTls,
+    /// Plain EtherNet/IP server, zone side: principals from source addresses.
+    Enip,
+}
+
+impl ListenerKind {
+    pub const fn is_enip(self) -> bool {
+        matches!(self, ListenerKind::EnipTls | ListenerKind::Enip)
+    }
+
+    pub const fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::ModbusTls | ListenerKind::EnipTls)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub kind: ListenerKind,
-    /// Set for `ModbusTls`.
+    /// Set for `ModbusTls` and `EnipTls`.
     pub tls: Option<TlsMaterial>,
-    /// Indices into `RelayConfig::devices`, in routing order: a request goes to the first that holds its unit.
+    /// Modbus listeners: indices into `RelayConfig::devices`, in routing order (a request goes to the first
+    /// that holds its unit). EtherNet/IP listeners: indices into `RelayConfig::enip_devices`; the first is the
+    /// listener's device (a CIP request names no unit to pick one by).
     pub devices: Vec<usize>,
     /// Requests in flight per client connection; past it the connection stops reading.
     pub max_outstanding: usize,
@@ -74,10 +90,25 @@ impl DeviceConfig {
     }
 }
 
+/// One EtherNet/IP device (the policy's `enip:` section of a device; docs/enip-conduit.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnipDeviceConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// No reply within this (or no session registered within it) answers 0x01 / 0x0204.
+    pub timeout: Duration,
+    /// Links (zonegate's own sessions, one per relayed client connection) the device holds at once.
+    pub max_connections: usize,
+    /// The device's index in the engine (u32::MAX when the engine does not know it).
+    pub engine_index: u32,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RelayConfig {
     pub listeners: Vec<ListenerConfig>,
     pub devices: Vec<DeviceConfig>,
+    pub enip_devices: Vec<EnipDeviceConfig>,
     /// Upper bounds (seconds) of the latency histograms' buckets, ascending (Python's LATENCY_BUCKETS).
     pub latency_bounds: Vec<f64>,
 }
@@ -86,6 +117,9 @@ pub struct RelayConfig {
 pub const MAX_QUEUED_PER_DEVICE: usize = 1024;
 /// Per client: bytes buffered without a complete ADU; past it the connection is closed (`overflow`).
 pub const MAX_CLIENT_BUFFER: usize = 64 * 1024;
+/// Per EtherNet/IP client (and per link, for the device's replies): room for the largest message EtherNet/IP
+/// frames and the start of the next; past it the connection is closed (`overflow`; `bad_reply` for a link).
+pub const MAX_ENIP_BUFFER: usize = 2 * (24 + 65511);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);

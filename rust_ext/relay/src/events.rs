@@ -27,6 +27,36 @@ pub struct Audit {
     pub time_ns: u64,
 }
 
+/// One EtherNet/IP audit record's facts (docs/enip-conduit.md, "Metrics and audit"): the decision's fields as
+/// `CipDecision` has them, and the message; Python reads `function` and `writes` from the message itself, as
+/// the Python conduit does.
+#[derive(Debug, Clone)]
+pub struct EnipAudit {
+    pub conn_id: u64,
+    pub listener: Arc<str>,
+    pub device: Option<Arc<str>>,
+    /// The whole encapsulation message as the client sent it.
+    pub frame: Vec<u8>,
+    /// Engine names: `deny`, `would_deny`, `allow`.
+    pub verdict: &'static str,
+    /// `CipReason::name()`.
+    pub reason: &'static str,
+    pub rule: Option<String>,
+    /// The outer CIP service byte; 0 when none.
+    pub service: u8,
+    pub target: String,
+    pub route: String,
+    pub leaves: u32,
+    pub denied_leaf: Option<u32>,
+    pub malformed: Option<&'static str>,
+    /// Set for a denial answered with a CIP status.
+    pub general_status: Option<u8>,
+    /// Set for a denial answered with an encapsulation status.
+    pub encap_status: Option<u32>,
+    /// CLOCK_REALTIME, nanoseconds.
+    pub time_ns: u64,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A connection waits for `Relay::identify`; `der` is the client's end-entity certificate (TLS only).
@@ -40,6 +70,7 @@ pub enum Event {
         conn_id: u64,
     },
     Audit(Box<Audit>),
+    EnipAudit(Box<EnipAudit>),
     /// `level`: `info`, `warning` or `error`.
     Log {
         level: &'static str,
@@ -97,10 +128,10 @@ impl Events {
     pub fn push(&self, event: Event) {
         let was_empty = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if matches!(event, Event::Audit(_) | Event::Log { .. }) {
+            if matches!(event, Event::Audit(_) | Event::EnipAudit(_) | Event::Log { .. }) {
                 if q.records >= MAX_QUEUED_RECORDS {
                     match event {
-                        Event::Audit(_) => q.dropped_audits += 1,
+                        Event::Audit(_) | Event::EnipAudit(_) => q.dropped_audits += 1,
                         _ => q.dropped_logs += 1,
                     }
                     return;

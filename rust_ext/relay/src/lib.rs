@@ -4,6 +4,7 @@
 //! records, serves metrics and reloads policies; this crate does everything per request.
 
 pub mod config;
+pub mod enip;
 pub mod events;
 mod listener;
 pub mod metrics;
@@ -21,7 +22,8 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio_rustls::TlsAcceptor;
 use zonegate_core::policy::Engine;
 
-use crate::config::{DeviceConfig, ListenerKind, RelayConfig};
+use crate::config::{DeviceConfig, EnipDeviceConfig, ListenerKind, RelayConfig};
+use crate::enip::device::EnipDevice;
 use crate::events::{Event, Events};
 use crate::metrics::Metrics;
 use crate::upstream::DevicePool;
@@ -39,6 +41,8 @@ pub struct ListenerGen {
     pub request_timeout: Duration,
     /// Unit id -> index into the generation's devices (the first of the listener holding it), or `NO_DEVICE`.
     pub routes: Box<[u32; 256]>,
+    /// EtherNet/IP listeners: index into the generation's `enip_devices` of the listener's device.
+    pub enip_device: Option<usize>,
 }
 
 /// Everything a policy decides, swapped as one: engine, listeners' settings and TLS, device pools.
@@ -53,11 +57,17 @@ pub struct Generation {
     pub device_labels: Vec<Arc<str>>,
     /// The label of an unresolved principal or an unrouted request, made once.
     pub unknown: Arc<str>,
+    /// EtherNet/IP devices, as `config.enip_devices`: links, backoff and learned identity.
+    pub enip_devices: Vec<Arc<EnipDevice>>,
 }
 
 impl Generation {
     fn device(&self, name: &str) -> Option<usize> {
         self.config.devices.iter().position(|d| d.name == name)
+    }
+
+    fn enip_device(&self, name: &str) -> Option<usize> {
+        self.config.enip_devices.iter().position(|d| d.name == name)
     }
 }
 
@@ -151,11 +161,12 @@ pub struct Relay {
 
 fn check_config(config: &RelayConfig) -> Result<(), String> {
     for l in &config.listeners {
-        if let Some(&i) = l.devices.iter().find(|&&i| i >= config.devices.len()) {
+        let count = if l.kind.is_enip() { config.enip_devices.len() } else { config.devices.len() };
+        if let Some(&i) = l.devices.iter().find(|&&i| i >= count) {
             return Err(format!("listener {}: device index {i} out of range", l.name));
         }
-        if l.kind == ListenerKind::ModbusTls && l.tls.is_none() {
-            return Err(format!("listener {}: modbus_tls without TLS material", l.name));
+        if l.kind.is_tls() && l.tls.is_none() {
+            return Err(format!("listener {}: a TLS listener without TLS material", l.name));
         }
     }
     let mut names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
@@ -168,6 +179,12 @@ fn check_config(config: &RelayConfig) -> Result<(), String> {
 
 /// Equal settings keep the pool (and its connections) across a reload; the engine index lives in the generation.
 fn same_device(old: &DeviceConfig, new: &DeviceConfig) -> bool {
+    let mut old = old.clone();
+    old.engine_index = new.engine_index;
+    old == *new
+}
+
+fn same_enip_device(old: &EnipDeviceConfig, new: &EnipDeviceConfig) -> bool {
     let mut old = old.clone();
     old.engine_index = new.engine_index;
     old == *new
@@ -187,13 +204,13 @@ fn build_generation(
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
         let tls = match &l.tls {
-            Some(material) if l.kind == ListenerKind::ModbusTls => {
+            Some(material) if l.kind.is_tls() => {
                 Some(TlsAcceptor::from(tls::server_config(material).map_err(|e| format!("listener {}: {e}", l.name))?))
             }
             _ => None,
         };
         let mut routes = Box::new([NO_DEVICE; 256]);
-        for (unit, route) in routes.iter_mut().enumerate() {
+        for (unit, route) in routes.iter_mut().enumerate().filter(|_| !l.kind.is_enip()) {
             if let Some(&d) = l.devices.iter().find(|&&d| config.devices[d].holds_unit(unit as u8)) {
                 *route = d as u32;
             }
@@ -206,6 +223,7 @@ fn build_generation(
             idle_timeout: l.idle_timeout,
             request_timeout: l.request_timeout,
             routes,
+            enip_device: if l.kind.is_enip() { l.devices.first().copied() } else { None },
         });
     }
     let mut pools = Vec::with_capacity(config.devices.len());
@@ -230,8 +248,19 @@ fn build_generation(
         };
         pools.push(pool);
     }
+    let mut enip_devices = Vec::with_capacity(config.enip_devices.len());
+    for d in &config.enip_devices {
+        let kept = old.and_then(|g| {
+            let i = g.enip_device(&d.name)?;
+            same_enip_device(&g.config.enip_devices[i], d).then(|| g.enip_devices[i].clone())
+        });
+        enip_devices.push(kept.unwrap_or_else(|| {
+            EnipDevice::new(Arc::new(d.clone()), Arc::from(d.name.as_str()), metrics.clone(), events.clone())
+        }));
+    }
     Ok(Generation {
         number,
+        enip_devices,
         engine,
         device_engine: config.devices.iter().map(|d| d.engine_index).collect(),
         device_labels: config.devices.iter().map(|d| Arc::from(d.name.as_str())).collect(),
@@ -261,6 +290,11 @@ fn retire(old: &Generation, new: &Generation) {
     for pool in &old.pools {
         if !new.pools.iter().any(|p| Arc::ptr_eq(p, pool)) {
             pool.close();
+        }
+    }
+    for device in &old.enip_devices {
+        if !new.enip_devices.iter().any(|d| Arc::ptr_eq(d, device)) {
+            device.retire();
         }
     }
 }
@@ -428,8 +462,12 @@ impl Relay {
             })
             .await;
         });
-        for pool in &self.shared.current().pools {
+        let generation = self.shared.current();
+        for pool in &generation.pools {
             pool.close();
+        }
+        for device in &generation.enip_devices {
+            device.retire();
         }
         // Tasks still running (connections past the timeout, pools) are dropped with their sockets.
         runtime.shutdown_timeout(Duration::from_millis(200));

@@ -26,23 +26,23 @@ use crate::{Generation, Shared, NO_DEVICE};
 
 /// The read buffer a connection starts with: a few dozen pipelined requests. It grows (to MAX_CLIENT_BUFFER)
 /// only for a client that sends more than that at once, so a thousand idle clients cost little memory.
-const INITIAL_BUFFER: usize = 4096;
+pub(crate) const INITIAL_BUFFER: usize = 4096;
 /// A connection's close_notify and last bytes get this long once the connection is done.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Audited even when allowed: the writes (functions 5, 6, 15, 16, 21, 22, 23).
 const WRITE_FUNCTIONS: [u8; 7] = [5, 6, 15, 16, 21, 22, 23];
 /// After an accept error (out of file descriptors, ...), the loop waits this long rather than spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the engine's rate buckets run on (Python's `monotonic_ns`).
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn realtime_ns() -> u64 {
+pub(crate) fn realtime_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
@@ -121,7 +121,7 @@ impl InFlight {
 }
 
 /// Resolves once the relay stops.
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
 }
 
@@ -196,13 +196,22 @@ async fn connection(
         ConnectionGuard { shared: shared.clone(), label: label.clone(), conn_id, asked: AtomicBool::new(false) };
     let generation = shared.current();
     let tls = generation.listeners[index].tls.clone();
+    let enip = generation.listeners[index].kind.is_enip();
     drop(generation);
+    // The address the client dialled: an EtherNet/IP ListIdentity answer names it instead of the device's.
+    let local = stream.local_addr().ok();
+    let asked = &guard.asked;
     match tls {
-        None => serve(&shared, index, &label, stream, peer, conn_id, None, &guard.asked).await,
+        None if enip => crate::enip::session::serve(&shared, index, &label, stream, peer, local, conn_id, None, asked).await,
+        None => serve(&shared, index, &label, stream, peer, conn_id, None, asked).await,
         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let der = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
-                serve(&shared, index, &label, stream, peer, conn_id, der, &guard.asked).await
+                if enip {
+                    crate::enip::session::serve(&shared, index, &label, stream, peer, local, conn_id, der, asked).await
+                } else {
+                    serve(&shared, index, &label, stream, peer, conn_id, der, asked).await
+                }
             }
             Ok(Err(e)) => handshake_failed(&shared, &label, peer, crate::tls::failure_reason(&e), &e.to_string()),
             Err(_) => handshake_failed(&shared, &label, peer, "timeout", "no handshake within 10 s"),
@@ -216,7 +225,7 @@ fn handshake_failed(shared: &Shared, label: &Arc<str>, peer: SocketAddr, reason:
 }
 
 /// A client connection's stream: plain TCP or server-side TLS.
-trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin {
     /// Whether TLS records wait to be sent that no application write will carry.
     fn wants_write(&self) -> bool {
         false
@@ -234,7 +243,7 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// Reads what the client sent. A read that yields no application data may still have made TLS queue records of
 /// its own (the `no_renegotiation` alert answering a TLS 1.2 renegotiation request): they are sent at once, as
 /// OpenSSL does, rather than left until the next reply.
-async fn read_some<S: ClientStream>(stream: &mut S, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) async fn read_some<S: ClientStream>(stream: &mut S, buf: &mut [u8]) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
         let mut read = ReadBuf::new(buf);
         match Pin::new(&mut *stream).poll_read(cx, &mut read) {

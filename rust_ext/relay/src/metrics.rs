@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 /// (conduit, principal label, device label, function code, verdict, reason): Python's request key.
 pub type RequestKey = (Arc<str>, Arc<str>, Arc<str>, u8, u8, u8);
 
+/// (conduit, principal label, device label, function name, verdict, reason name): an EtherNet/IP message's
+/// key, labelled by the service name of its deciding request (docs/enip-conduit.md, "Metrics and audit").
+pub type NamedRequestKey = (Arc<str>, Arc<str>, Arc<str>, &'static str, u8, &'static str);
+
 /// One request counter the request path keeps a handle on: counting is one atomic add, with no lock, no
 /// hashing of the labels and no reference count touched (`Metrics::request_cell`).
 pub type RequestCell = Arc<AtomicU64>;
@@ -53,6 +57,7 @@ pub type Series = Vec<f64>;
 #[derive(Default, Clone, Debug)]
 pub struct Snapshot {
     pub requests: Vec<(RequestKey, u64)>,
+    pub named_requests: Vec<(NamedRequestKey, u64)>,
     pub gateway_latency: Vec<(Arc<str>, Series)>,
     pub upstream_latency: Vec<(Arc<str>, Series)>,
     pub active_connections: Vec<(Arc<str>, i64)>,
@@ -66,6 +71,7 @@ pub struct Snapshot {
 struct Counters {
     requests: HashMap<RequestKey, u64>,
     request_cells: HashMap<RequestKey, RequestCell>,
+    named_cells: HashMap<NamedRequestKey, RequestCell>,
     gateway_cells: HashMap<Arc<str>, Arc<LatencyCell>>,
     gateway_latency: HashMap<Arc<str>, Series>,
     upstream_latency: HashMap<Arc<str>, Series>,
@@ -117,6 +123,11 @@ impl Metrics {
         self.with(|c| c.request_cells.entry(key).or_default().clone())
     }
 
+    /// `request_cell` for an EtherNet/IP key.
+    pub fn named_request_cell(&self, key: NamedRequestKey) -> RequestCell {
+        self.with(|c| c.named_cells.entry(key).or_default().clone())
+    }
+
     /// The gateway latency histogram of `conduit`, for a caller that observes it many times.
     pub fn gateway_latency_cell(&self, conduit: &Arc<str>) -> Arc<LatencyCell> {
         let bounds = &self.cell_bounds;
@@ -153,7 +164,7 @@ impl Metrics {
         self.with(|c| *c.handshake_failures.entry((conduit.clone(), reason)).or_insert(0) += 1);
     }
 
-    /// `reason`: `protocol_id`, `length`, `overflow`, `idle`, `internal_error`.
+    /// `reason`: `protocol_id`, `length`, `overflow`, `idle`, `internal_error`, `invalid_session`.
     pub fn framing_error(&self, conduit: &Arc<str>, reason: &'static str) {
         self.with(|c| *c.framing_errors.entry((conduit.clone(), reason)).or_insert(0) += 1);
     }
@@ -177,6 +188,12 @@ impl Metrics {
                 }
                 requests.into_iter().filter(|&(_, n)| n > 0).collect()
             },
+            named_requests: c
+                .named_cells
+                .iter()
+                .map(|(k, cell)| (k.clone(), cell.load(Ordering::Relaxed)))
+                .filter(|&(_, n)| n > 0)
+                .collect(),
             gateway_latency: {
                 let mut series = c.gateway_latency.clone();
                 for (k, cell) in &c.gateway_cells {

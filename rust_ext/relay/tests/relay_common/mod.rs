@@ -148,6 +148,7 @@ pub fn relay_config(listener: ListenerConfig, device_port: u16) -> RelayConfig {
     RelayConfig {
         listeners: vec![listener],
         devices: vec![device_config(device_port)],
+        enip_devices: Vec::new(),
         latency_bounds: vec![0.0005, 0.001, 0.01, 0.1, 1.0],
     }
 }
