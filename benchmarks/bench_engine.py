@@ -15,9 +15,13 @@ CIP in the same run: every CIP request the shared EtherNet/IP capture sends plus
 reads and writes, attribute reads, Forward Opens, routed Unconnected Sends, and Multiple Service Packets
 of 10-50 requests), decided per message with `Engine.decide_cip` and, wrapped in SendRRData, with
 `Engine.decide_enip`, against a policy of about 50 CIP rules; the CIP reference model
-(zonegate/reference_model_cip.py) decides the same messages over leaves flattened in advance (parsing is
-not modelled, so its figure leaves parsing out). Same targets as Modbus per request: per-message >=
-1,000,000/s including the call, >= 50x the reference model.
+(zonegate/reference_model_cip.py) decides the same messages. Same targets as Modbus per request:
+per-message >= 1,000,000/s including the call, >= 50x the reference model. As for Modbus, where the model
+decides the frame's bytes, the ratio compares the two from the same bytes: the model does not parse CIP
+itself, so it is given the leaves of the binding's (Rust) `cip_flatten`, timed with it, which only makes
+the model faster than a model parsing in Python would be. The model over leaves flattened in advance is
+printed too (`cip_per_frame_vs_flattened_reference`): it leaves out of the model the parsing the engine's
+figure includes.
 """
 
 from __future__ import annotations
@@ -566,7 +570,8 @@ def run_cip(iterations: int, min_seconds: float) -> dict[str, Any]:
     enip_per_s = _rate(iterations * len(framed_no_open), per_encapsulation, min_seconds)
     reference_per_s = _rate(len(sample), reference_run, min_seconds)
     reference_flatten_per_s = _rate(len(sample), reference_with_flatten, min_seconds)
-    ratio = per_frame_per_s / reference_per_s if reference_per_s else 0.0
+    # Bytes in, decision out on both sides (see the module's docstring).
+    ratio = per_frame_per_s / reference_flatten_per_s if reference_flatten_per_s else 0.0
     result: dict[str, Any] = {
         "cip_messages": len(messages),
         "cip_capture_messages": len(captured),
@@ -583,10 +588,8 @@ def run_cip(iterations: int, min_seconds: float) -> dict[str, Any]:
         "cip_reference_per_s": reference_per_s,
         "cip_reference_with_flatten_per_s": reference_flatten_per_s,
         "cip_per_frame_vs_reference": ratio,
-        "cip_per_frame_vs_reference_with_flatten": (
-            per_frame_per_s / reference_flatten_per_s if reference_flatten_per_s else 0.0
-        ),
-        "cip_enip_vs_reference": enip_per_s / reference_per_s if reference_per_s else 0.0,
+        "cip_per_frame_vs_flattened_reference": per_frame_per_s / reference_per_s if reference_per_s else 0.0,
+        "cip_enip_vs_reference": enip_per_s / reference_flatten_per_s if reference_flatten_per_s else 0.0,
     }
     result["cip_targets_met"] = {
         "cip_per_frame_per_s": per_frame_per_s >= CIP_TARGETS["cip_per_frame_per_s"],
@@ -608,11 +611,11 @@ def cip_report(r: dict[str, Any]) -> str:
             f"    single requests        {r['cip_single_request_per_s']:>14,.0f} /s",
             f"    Multiple Service Pkts  {r['cip_multiple_service_packet_per_s']:>14,.0f} /s",
             f"  per-message decide_enip  {r['cip_enip_per_frame_per_s']:>14,.0f} /s",
-            f"  reference model          {r['cip_reference_per_s']:>14,.0f} /s (leaves flattened in advance)",
-            f"  reference model + flatten {r['cip_reference_with_flatten_per_s']:>13,.0f} /s",
+            f"  reference model (bytes in: flatten + model) {r['cip_reference_with_flatten_per_s']:>10,.0f} /s",
+            f"  reference model, leaves flattened in advance {r['cip_reference_per_s']:>9,.0f} /s",
             f"  decide_cip / reference            {r['cip_per_frame_vs_reference']:8.1f}x   "
             f"{mark[met['cip_per_frame_vs_reference']]}",
-            f"  decide_cip / reference + flatten  {r['cip_per_frame_vs_reference_with_flatten']:8.1f}x",
+            f"  decide_cip / flattened reference  {r['cip_per_frame_vs_flattened_reference']:8.1f}x",
             f"  decide_enip / reference           {r['cip_enip_vs_reference']:8.1f}x",
         ]
     )

@@ -22,14 +22,15 @@ one-connection-per-client relays put on the target with 64 clients. Its EtherNet
 a CIP device ties sessions to TCP connections, so every client connection gets a device link of its own,
 as it does through the other relays.
 
-`zonegate` runs its Modbus conduit in the Rust relay (docs/relay.md), as `zonegate run` does by default;
-`zonegate-python` is zonegate again with `--relay python` (the reference relay, docs/dataplane.md), measured
-in the same run; its keys start `zonegate_python_` (`zonegate_python_rps_64`, `zonegate_python_p99_2k_us`,
-`zonegate_python_idle1000_rss_mb`, `zonegate_python_cpu_us_per_request_64`). It has no EtherNet/IP half: that
-conduit is the same under either relay. A build of zonegate without the Rust relay cannot run `zonegate`.
+`zonegate` runs its Modbus and EtherNet/IP conduits in the Rust relay (docs/relay.md), as `zonegate run` does
+by default; `zonegate-python` is zonegate again with `--relay python` (the reference relay, docs/dataplane.md
+and docs/enip-conduit.md), measured in the same run, in both halves; its keys start `zonegate_python_`
+(`zonegate_python_rps_64`, `zonegate_python_p99_2k_us`, `zonegate_python_idle1000_rss_mb`,
+`zonegate_python_cpu_us_per_request_64`, `zonegate_python_enip_rps_64`). A build of zonegate without the Rust
+relay cannot run `zonegate`.
 
-EtherNet/IP keys carry `_enip` after the system (`zonegate_enip_rps_64`, `haproxy_enip_p99_2k_us`, ...);
-`*_enip_cpu_us` is the relay's CPU per request with 64 clients.
+EtherNet/IP keys carry `_enip` after the system (`zonegate_enip_rps_64`, `haproxy_enip_p99_2k_us`,
+`zonegate_python_enip_cpu_us`, ...); `*_enip_cpu_us` is the relay's CPU per request with 64 clients.
 
 Besides each relay's CPU per request, the report gives the load generator's and the target's
 (`*_loadgen_cpu_us_per_request_*`, `*_target_cpu_us_per_request_*`): on a 2-core machine all three share
@@ -470,7 +471,8 @@ def relay(system: str, work: Path, pki: DevPki, target: int,
         # As a user starts it (the launcher sets its own malloc tunables), but without the boundary table:
         # the other relays run without one, and the host's own firewall is not the benchmark's to change.
         argv = [sys.executable, "-m", "zonegate.cli", "run", "-c", str(policy), "--pki", str(pki.directory),
-                "--log-level", "warning", "--no-firewall", "--relay", "python" if system == "zonegate-python" else "rust"]
+                "--log-level", "warning", "--no-firewall",
+                "--relay", "python" if system == "zonegate-python" else "rust"]
         with _process(argv, port) as process:
             yield port, process.pid
         return
@@ -502,13 +504,11 @@ def relay(system: str, work: Path, pki: DevPki, target: int,
     raise ValueError(system)
 
 
-def available(system: str, protocol: str = "modbus") -> bool:
+def available(system: str) -> bool:
     if system == "zonegate":
         from zonegate import _engine
 
         return hasattr(_engine, "Relay")
-    if system == "zonegate-python":
-        return protocol == "modbus"
     if system == "stunnel":
         return bool(shutil.which("stunnel4") or shutil.which("stunnel"))
     if system == "haproxy":
@@ -553,9 +553,8 @@ async def measure_protocol(args: argparse.Namespace, work: Path, pki: DevPki, co
     argv = [sys.executable, __file__, "--serve-target", str(target_port), "--target-protocol", protocol]
     with _process(argv, target_port) as target:
         for system_name in args.systems:
-            if not available(system_name, protocol):
-                if system_name != "zonegate-python" or protocol == "modbus":
-                    print(f"# {system_name}: not installed, skipped", file=sys.stderr)
+            if not available(system_name):
+                print(f"# {system_name}: not installed, skipped", file=sys.stderr)
                 continue
             key = system_name.replace("-", "_")
             system = key if protocol == "modbus" else f"{key}_{protocol}"
@@ -645,15 +644,18 @@ def main() -> int:
         if out.get("haproxy_cpu_us_per_request_64"):
             ratio = out.get(f"{name}_cpu_us_per_request_64", 0) / out["haproxy_cpu_us_per_request_64"]
             print(f"{name}_cpu_us_per_request_64 / haproxy_cpu_us_per_request_64 = {ratio:.2f} (target <= 1.0)")
-    for wanted, base, ratio in (("zonegate_enip_rps_64", "haproxy_enip_rps_64", 1.2),
-                                ("zonegate_enip_rps_64", "stunnel_enip_rps_64", 1.5)):
-        if out.get(base):
-            print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target >= {ratio})")
-    for wanted, base in (("zonegate_enip_p99_2k_us", "haproxy_enip_p99_2k_us"),
-                         ("zonegate_enip_cpu_us", "haproxy_enip_cpu_us")):
-        target = "<= 1.5" if "p99" in wanted else "<= 1.0"
-        if out.get(base):
-            print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target {target})")
+    for name in ("zonegate_enip", "zonegate_python_enip"):
+        if f"{name}_rps_64" not in out:
+            continue
+        for base, ratio in (("haproxy_enip_rps_64", 1.2), ("stunnel_enip_rps_64", 1.5)):
+            wanted = f"{name}_rps_64"
+            if out.get(base):
+                print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target >= {ratio})")
+        for wanted, base in ((f"{name}_p99_2k_us", "haproxy_enip_p99_2k_us"),
+                             (f"{name}_cpu_us", "haproxy_enip_cpu_us")):
+            target = "<= 1.5" if "p99" in wanted else "<= 1.0"
+            if out.get(base):
+                print(f"{wanted} / {base} = {out.get(wanted, 0) / out[base]:.2f} (target {target})")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: `relay` runs a Modbus conduit test once per relay (Python, Rust)."""
+"""Fixtures of the integration tests: `relay` runs a conduit test (Modbus or EtherNet/IP) once per relay
+(Python, Rust)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The two relays the Modbus conduit tests run against: the Python relay (the reference) and the Rust relay
+"""The two relays the conduit tests run against: the Python relay (the reference) and the Rust relay
 (`zonegate._engine.Relay` driven by zonegate.dataplane.rust_relay), started the way `zonegate run --relay`
-starts them, in the test's own event loop."""
+starts them, in the test's own event loop. The EtherNet/IP tests start them through the supervisor instead
+(tests/integration/test_enip_conduit.py, `Stack`), since under the Python relay a second conduit serves them."""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 The north listener is EtherNet/IP over mutual TLS (2221-style, principal from the certificate), driven by
 raw frames over Python's ssl; the zone listener is plain EtherNet/IP (principal by source address),
 driven by cpppo's own client, pycomm3 and pylogix. What reached the device is read from the simulator's
-record of every byte it received, and tag values are read back from it directly.
+record of every byte it received, and tag values are read back from it directly. Every test runs against
+both relays (the `relay` fixture): the Python conduit (the reference) and the Rust relay, started by the
+supervisor as `zonegate run --relay` starts them; only what a client, the device, the metrics and the audit
+trail see is checked, so the same assertions hold for both.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 from tests.conftest import require
 from tests.integration import enip_sim as wire
 from tests.integration.enip_sim import EnipSimulator, Reply
+from tests.integration.relays import RELAYS, require_relay
 from zonegate import _engine
 from zonegate.controlplane.pki import DevPki, generate
 from zonegate.controlplane.supervisor import Supervisor
@@ -95,9 +99,11 @@ def engine_ready() -> bool:
 class Stack:
     """A policy with both EtherNet/IP listeners in front of one cpppo simulator."""
 
-    def __init__(self, tmp: Path, pki: DevPki, *, mode: str = "enforce", device_timeout: str = "2s",
-                 delay: float = 0.0, device_port: int | None = None, max_connections: int = 4) -> None:
+    def __init__(self, tmp: Path, pki: DevPki, *, relay: str = "python", mode: str = "enforce",
+                 device_timeout: str = "2s", delay: float = 0.0, device_port: int | None = None,
+                 max_connections: int = 4) -> None:
         require(engine_ready(), "the engine has no EtherNet/IP binding (decide_enip, EnipSession)")
+        self.relay = relay
         self.tmp = tmp
         self.pki = pki
         self.sim = EnipSimulator(tmp, TAGS, delay=delay)
@@ -119,9 +125,11 @@ class Stack:
     async def run(self, body: Callable[[Stack], Awaitable[T]], *, device: bool = True) -> T:
         if device:
             await asyncio.to_thread(self.sim.start)
-        self.supervisor = Supervisor([self.policy], self.pki.directory, serve_metrics=False)
+        self.supervisor = Supervisor([self.policy], self.pki.directory, serve_metrics=False, relay=self.relay)
         try:
             await self.supervisor.start()
+            # The Rust relay serves the EtherNet/IP listeners itself: no Python conduit beside it.
+            assert (self.supervisor.enip is None) == (self.relay == "rust"), self.supervisor.enip
             return await body(self)
         finally:
             await self.supervisor.stop()
@@ -202,8 +210,8 @@ async def device_values(sim: EnipSimulator, tag: str, count: int) -> list[int]:
 # -- over TLS, raw frames ---------------------------------------------------------------------------------
 
 
-def test_operator_reads_and_writes_reach_the_device(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_operator_reads_and_writes_reach_the_device(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -250,9 +258,9 @@ REFUSED = [
 
 
 @pytest.mark.parametrize(("what", "cip", "status", "reason"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_refused_requests_never_reach_the_device(tmp_path: Path, pki: DevPki, what: str, cip: bytes, status: int,
-                                                 reason: str) -> None:
-    stack = Stack(tmp_path, pki)
+def test_refused_requests_never_reach_the_device(tmp_path: Path, pki: DevPki, relay: str, what: str, cip: bytes,
+                                                 status: int, reason: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -272,8 +280,8 @@ def test_refused_requests_never_reach_the_device(tmp_path: Path, pki: DevPki, wh
     assert record["verdict"] == "deny" and record["reason"] == reason and record["general_status"] == status
 
 
-def test_viewer_is_limited_to_its_rule_and_unknown_role_gets_0f(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_viewer_is_limited_to_its_rule_and_unknown_role_gets_0f(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         viewer = await Session.open(stack.tls_port, client_ssl_context(pki, "viewer"))
@@ -296,8 +304,48 @@ def test_viewer_is_limited_to_its_rule_and_unknown_role_gets_0f(tmp_path: Path, 
         ("send_rr_data", "unknown_principal")]
 
 
-def test_monitor_mode_forwards_would_deny_but_never_malformed(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki, mode="monitor")
+def test_both_relays_write_the_same_audit_records(tmp_path: Path, pki: DevPki) -> None:
+    """One conversation through each relay: the records differ only in their time and the client's port."""
+    for relay in RELAYS:
+        require_relay(relay)
+
+    async def body(stack: Stack) -> None:
+        operator = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
+        nobody = await Session.open(stack.tls_port, client_ssl_context(pki, "client-norole"))
+        zone = await Session.open(stack.plain_port)
+        try:
+            await operator.rr(wire.unconnected_send(wire.write_tag("Line1_Speed", 2, values=(3,))))
+            await operator.rr(wire.multiple(wire.read_tag("Line1_Speed", 0), wire.write_tag("Secret", 1)))
+            await operator.rr(wire.request(0x4C, wire.symbol("Line1_Speed") + b"\x80\x01\x00\x00", b"\x01\x00"))
+            await operator.rr(wire.request(0x05, wire.IDENTITY, b"\x00"))
+            await operator.exchange(wire.header(0x0072, b"", operator.handle))  # IndicateStatus
+            await nobody.rr(wire.read_tag("Line1_Speed", 0))
+            await zone.rr(wire.write_tag("Press_SP", 0))
+        finally:
+            for session in (operator, nobody, zone):
+                await session.close()
+
+    def normalized(stack: Stack) -> list[dict[str, Any]]:
+        records = stack.audit_records()
+        for record in records:
+            del record["time"]
+            record["principal"]["peer"] = record["principal"]["peer"].rpartition(":")[0]
+        return records
+
+    seen = {}
+    for relay in RELAYS:
+        (tmp_path / relay).mkdir()
+        stack = Stack(tmp_path / relay, pki, relay=relay)
+        run(stack.run(body))
+        seen[relay] = normalized(stack)
+    # the allowed write, four refusals of the operator's, the unknown client's RegisterSession and read, the
+    # zone client's refused write
+    assert len(seen["python"]) == 8, seen["python"]
+    assert seen["rust"] == seen["python"]
+
+
+def test_monitor_mode_forwards_would_deny_but_never_malformed(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay, mode="monitor")
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -316,8 +364,8 @@ def test_monitor_mode_forwards_would_deny_but_never_malformed(tmp_path: Path, pk
         ("would_deny", "target_not_allowed"), ("deny", "malformed")]
 
 
-def test_sessions_are_mapped_and_checked(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_sessions_are_mapped_and_checked(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -342,8 +390,9 @@ def test_sessions_are_mapped_and_checked(tmp_path: Path, pki: DevPki) -> None:
     assert record["reason"] == "command_not_allowed" and record["encap_status"] == 1
 
 
-def test_list_identity_comes_from_the_device_once_with_the_box_address(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_list_identity_comes_from_the_device_once_with_the_box_address(tmp_path: Path, pki: DevPki,
+                                                                       relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         first, second = [await Session.open(stack.tls_port, client_ssl_context(pki, "operator"), register=False)
@@ -368,8 +417,8 @@ def test_list_identity_comes_from_the_device_once_with_the_box_address(tmp_path:
     run(stack.run(body))
 
 
-def test_connected_messaging_through_forward_open(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_connected_messaging_through_forward_open(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -396,8 +445,8 @@ def test_connected_messaging_through_forward_open(tmp_path: Path, pki: DevPki) -
 # -- zone side, real client libraries -----------------------------------------------------------------------
 
 
-def test_cpppo_client_through_the_zone_listener(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_cpppo_client_through_the_zone_listener(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         def client(*operations: str, multiple: bool = False) -> subprocess.CompletedProcess[str]:
@@ -418,8 +467,8 @@ def test_cpppo_client_through_the_zone_listener(tmp_path: Path, pki: DevPki) -> 
     assert [r["reason"] for r in denied] == ["target_not_allowed"] and denied[0]["principal"]["name"] == "line-hmi"
 
 
-def test_pylogix_through_the_zone_listener(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_pylogix_through_the_zone_listener(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         def client() -> list[Any]:
@@ -441,8 +490,8 @@ def test_pylogix_through_the_zone_listener(tmp_path: Path, pki: DevPki) -> None:
     run(stack.run(body))
 
 
-def test_pycomm3_generic_messages_through_the_zone_listener(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_pycomm3_generic_messages_through_the_zone_listener(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         def client() -> list[Any]:
@@ -472,8 +521,8 @@ def test_pycomm3_generic_messages_through_the_zone_listener(tmp_path: Path, pki:
     run(stack.run(body))
 
 
-def test_reload_decides_open_sessions_with_the_new_policy(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_reload_decides_open_sessions_with_the_new_policy(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         assert stack.supervisor is not None
@@ -497,8 +546,8 @@ def test_reload_decides_open_sessions_with_the_new_policy(tmp_path: Path, pki: D
     assert [r["reason"] for r in stack.audit_records() if r["verdict"] == "deny"] == ["rate_exceeded"]
 
 
-def test_unregister_session_closes_both_sessions(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_unregister_session_closes_both_sessions(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -557,8 +606,8 @@ class TlsWrapper:
             task.cancel()
 
 
-def test_cpppo_client_over_tls_as_operator(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_cpppo_client_over_tls_as_operator(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         wrapper = TlsWrapper(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -584,10 +633,10 @@ def test_cpppo_client_over_tls_as_operator(tmp_path: Path, pki: DevPki) -> None:
         ("Operator", "allow", "write_tag"), ("Operator", "deny", "write_tag")]
 
 
-def test_under_uvloop_as_zonegate_run_serves(tmp_path: Path, pki: DevPki) -> None:
+def test_under_uvloop_as_zonegate_run_serves(tmp_path: Path, pki: DevPki, relay: str) -> None:
     """`zonegate run` uses uvloop, whose transports differ from asyncio's (TLS, early bytes, sockname)."""
     uvloop = pytest.importorskip("uvloop")
-    stack = Stack(tmp_path, pki)
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))

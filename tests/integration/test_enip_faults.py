@@ -1,6 +1,7 @@
 """EtherNet/IP conduit faults: a dead device, a slow one, one that answers what was not asked, one with no
 session to spare, and clients whose framing cannot be followed. Each gets a specific answer, is counted,
-and never lets anything else through or stalls the other clients."""
+and never lets anything else through or stalls the other clients. Each runs against both relays (Python and
+Rust: the `relay` fixture)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return generate(tmp_path_factory.mktemp("pki"))
 
 
-def test_dead_device_answers_connection_failure_0204(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_dead_device_answers_connection_failure_0204(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -42,8 +43,8 @@ def test_dead_device_answers_connection_failure_0204(tmp_path: Path, pki: DevPki
     run(stack.run(body, device=False))
 
 
-def test_slow_device_times_out_and_the_late_reply_is_dropped(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki, device_timeout="300ms", delay=0.8)
+def test_slow_device_times_out_and_the_late_reply_is_dropped(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay, device_timeout="300ms", delay=0.8)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -97,7 +98,7 @@ class MisbehavingDevice:
             await self.server.wait_closed()
 
 
-def test_replies_that_answer_nothing_are_dropped(tmp_path: Path, pki: DevPki) -> None:
+def test_replies_that_answer_nothing_are_dropped(tmp_path: Path, pki: DevPki, relay: str) -> None:
     device = MisbehavingDevice()
 
     async def body(stack: Stack) -> None:
@@ -112,7 +113,7 @@ def test_replies_that_answer_nothing_are_dropped(tmp_path: Path, pki: DevPki) ->
 
     async def main() -> None:
         port = await device.start()
-        stack = Stack(tmp_path, pki, device_timeout="300ms", device_port=port)
+        stack = Stack(tmp_path, pki, relay=relay, device_timeout="300ms", device_port=port)
         try:
             await stack.run(body, device=False)
         finally:
@@ -121,8 +122,9 @@ def test_replies_that_answer_nothing_are_dropped(tmp_path: Path, pki: DevPki) ->
     run(main())
 
 
-def test_a_device_with_no_session_to_spare_answers_resource_unavailable(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki, max_connections=1)
+def test_a_device_with_no_session_to_spare_answers_resource_unavailable(tmp_path: Path, pki: DevPki,
+                                                                        relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay, max_connections=1)
 
     async def body(stack: Stack) -> None:
         first = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
@@ -149,8 +151,8 @@ def test_a_device_with_no_session_to_spare_answers_resource_unavailable(tmp_path
     run(stack.run(body))
 
 
-def test_framing_one_message_in_pieces_and_many_in_one_write(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_framing_one_message_in_pieces_and_many_in_one_write(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))

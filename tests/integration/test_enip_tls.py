@@ -1,5 +1,6 @@
 """EtherNet/IP over TLS (the 2221 listener): every certificate the Modbus/TCP Security listener refuses
-is refused here too, before any EtherNet/IP message is read, and nothing reaches the device."""
+is refused here too, before any EtherNet/IP message is read, and nothing reaches the device. Each runs
+against both relays (Python and Rust: the `relay` fixture)."""
 
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ async def until(predicate: object, timeout: float = 5.0) -> None:
         ("client-revoked", None, "certificate_revoked"),
     ],
 )
-def test_refused_certificates(tmp_path: Path, pki: DevPki, certificate: str | None,
+def test_refused_certificates(tmp_path: Path, pki: DevPki, relay: str, certificate: str | None,
                               maximum: ssl.TLSVersion | None, reason: str) -> None:
-    stack = Stack(tmp_path, pki)
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         result = await attempt(stack.tls_port, client_ssl_context(pki, certificate, maximum=maximum))
@@ -68,8 +69,8 @@ def test_refused_certificates(tmp_path: Path, pki: DevPki, certificate: str | No
     assert stack.audit_records() == []
 
 
-def test_plain_enip_on_the_tls_port_is_refused(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_plain_enip_on_the_tls_port_is_refused(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         session = await Session.open(stack.tls_port, None, register=False)
@@ -87,8 +88,8 @@ def test_plain_enip_on_the_tls_port_is_refused(tmp_path: Path, pki: DevPki) -> N
     run(stack.run(body))
 
 
-def test_a_good_certificate_is_served_while_bad_ones_are_refused(tmp_path: Path, pki: DevPki) -> None:
-    stack = Stack(tmp_path, pki)
+def test_a_good_certificate_is_served_while_bad_ones_are_refused(tmp_path: Path, pki: DevPki, relay: str) -> None:
+    stack = Stack(tmp_path, pki, relay=relay)
 
     async def body(stack: Stack) -> None:
         good = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))

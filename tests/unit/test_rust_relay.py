@@ -1,6 +1,7 @@
 """The Python side of the Rust relay without the relay running: the configuration it is given (PEM bytes read
-after the key file's mode is checked), the policies it refuses, the audit record it writes (the Python
-relay's), and its counters merged into the metrics page. The relay itself is exercised end to end by the
+after the key file's mode is checked; Modbus listeners, then EtherNet/IP ones), the policies it refuses, the
+audit records it writes (the Python relay's, Modbus and EtherNet/IP), and its counters merged into the
+metrics page. The relay itself is exercised end to end by the
 conduit integration tests (tests/integration, `relay` parameter)."""
 
 from __future__ import annotations
@@ -9,25 +10,34 @@ import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
+from tests.integration import enip_sim as wire
+from zonegate import _engine
 from zonegate.controlplane.audit import utc_now
 from zonegate.controlplane.metrics import LATENCY_BUCKETS, Metrics
 from zonegate.controlplane.pki import DevPki, generate
 from zonegate.controlplane.supervisor import Supervisor, load_settings
 from zonegate.controlplane.tls import TlsConfigError
-from zonegate.dataplane.conduit import audit_record
+from zonegate.dataplane.conduit import _Generation, audit_record
+from zonegate.dataplane.config import RuntimeSettings
+from zonegate.dataplane.enip_conduit import CIP_REASONS, _Message
+from zonegate.dataplane.enip_conduit import audit_record as enip_audit_record
+from zonegate.dataplane.enip_frames import Header
 from zonegate.dataplane.identity import Identity
 from zonegate.dataplane.rust_relay import (
     RelayConfigError,
     RustConduit,
+    _Client,
     _code,
     _peer,
     _utc,
     check_relay_settings,
     relay_config,
+    served_listeners,
     tls_material,
 )
 from zonegate.engine import MALFORMED, REASONS, VERDICTS
@@ -217,3 +227,124 @@ def test_dropped_relay_events_count_as_suppressed_audit_records(caplog: pytest.L
     RustConduit._event(SimpleNamespace(metrics=metrics), ("dropped", 5, 1))  # type: ignore[arg-type]
     assert metrics.registry.get_sample_value("zonegate_audit_suppressed_total") == 5
     assert "5 audit records and 1 log lines dropped" in caplog.text
+
+
+# -- EtherNet/IP ---------------------------------------------------------------------------------------------
+
+ENIP_POLICY = """\
+version: 1
+zones:
+  cell-a: {subnet: 127.0.0.0/8}
+devices:
+  tank-plc:
+    zone: cell-a
+    modbus: {host: 127.0.0.1, port: 5020}
+  press-plc:
+    zone: cell-a
+    modbus: {host: 127.0.0.1, port: 5021}
+    enip: {host: 127.0.0.1, port: 44818, timeout: 1500ms, max_connections: 3}
+  drive:
+    zone: cell-a
+    enip: {host: 127.0.0.2}
+principals:
+  operator: {tls_role: Operator}
+rules:
+  - id: operator-press
+    principal: operator
+    device: press-plc
+    cip:
+      - services: [write_tag]
+        tags: ["Line1_Speed"]
+listeners:
+  - name: zone
+    protocol: modbus
+    bind: 127.0.0.1:8503
+    devices: [press-plc]
+  - name: l3-enip
+    protocol: enip_tls
+    bind: 127.0.0.1:2221
+    devices: [press-plc]
+    tls: {cert: server.crt, key: server.key, ca: ca.crt}
+    request_timeout: 3s
+  - name: zone-enip
+    protocol: enip
+    bind: 127.0.0.1:44818
+    devices: [drive]
+"""
+
+
+def enip_settings(tmp_path: Path, pki: DevPki) -> RuntimeSettings:
+    policy = tmp_path / "enip.yaml"
+    policy.write_text(ENIP_POLICY)
+    return load_settings([policy], pki.directory)
+
+
+def test_enip_listeners_follow_the_modbus_ones_with_their_own_devices(tmp_path: Path, pki: DevPki) -> None:
+    settings = enip_settings(tmp_path, pki)
+    served = served_listeners(settings)
+    assert [x.name for x in served] == ["zone", "l3-enip", "zone-enip"]
+    config = relay_config(settings, served)
+    assert [d["name"] for d in config["devices"]] == ["tank-plc", "press-plc"]
+    assert config["enip_devices"] == [
+        {"name": "press-plc", "host": "127.0.0.1", "port": 44818, "timeout": 1.5, "max_connections": 3},
+        {"name": "drive", "host": "127.0.0.2", "port": 44818, "timeout": 2.0, "max_connections": 1},
+    ]
+    zone, north, plain = config["listeners"]
+    assert (zone["kind"], zone["devices"]) == ("modbus", [1])  # index into devices
+    assert (north["kind"], north["devices"], north["request_timeout"]) == ("enip_tls", [0], 3.0)  # enip_devices
+    assert north["tls"] == {"cert": pki.cert("server").read_bytes(), "key": pki.key("server").read_bytes(),
+                            "ca": pki.ca.read_bytes(), "crl": None}
+    assert (plain["kind"], plain["tls"], plain["devices"]) == ("enip", None, [1])
+
+
+def test_enip_tls_certificates_are_watched_for_expiry(tmp_path: Path, pki: DevPki) -> None:
+    settings = enip_settings(tmp_path, pki)
+    metrics = Metrics()
+    RustConduit._watch_certificates(SimpleNamespace(metrics=metrics), settings)  # type: ignore[arg-type]
+    assert metrics.expiry.files == {("l3-enip", "server"): pki.cert("server"), ("l3-enip", "ca"): pki.ca}
+
+
+class _Records:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("cip", [
+    wire.write_tag("Secret", 0),  # denied: another tag
+    wire.multiple(wire.read_tag("Line1_Speed"), wire.write_tag("Line1_Speed", values=(3,))),  # allowed, a write
+    wire.request(0x4C, wire.symbol("Line1_Speed") + b"\x80\x01\x00\x00", b"\x01\x00"),  # malformed path
+], ids=["deny", "allowed-write", "malformed"])
+def test_enip_audit_from_the_relay_equals_the_python_conduits(tmp_path: Path, pki: DevPki, cip: bytes) -> None:
+    settings = enip_settings(tmp_path, pki)
+    generation = _Generation(1, settings)
+    policy = generation.policy
+    frame = wire.send_rr_data(cip, 0x1234)
+    decision = policy.engine.decide_enip(policy.principal_index("operator"), policy.device_index("press-plc"),
+                                         _engine.EnipSession(), frame)
+    identity = Identity(peer="127.0.0.1:60202", role="Operator", subject="CN=operator-1,O=Plant")
+    message = _Message(frame, Header.read(frame))
+    deny = decision.verdict == VERDICTS.index("deny")
+    python = enip_audit_record(
+        "l3-enip", "operator", identity, "press-plc", message, verdict=decision.verdict, reason=decision.reason,
+        rule=decision.rule_id or None, service=decision.service, target=decision.target, route=decision.route,
+        leaves=decision.leaves, denied_leaf=decision.denied_leaf, malformed=decision.malformed,
+        general_status=decision.general_status, encap_status=decision.encap_status,
+        writes=None if deny else message.writes(), time="2025-11-26T09:34:09.507874Z")
+    client = _Client("l3-enip", True, identity, "127.0.0.1")
+    client.principal = "operator"
+    records = _Records()
+    event = ("enip_audit", 7, "l3-enip", "press-plc", frame, VERDICTS[decision.verdict], CIP_REASONS[decision.reason],
+             decision.rule_id or None, decision.service, decision.target, decision.route, decision.leaves,
+             decision.denied_leaf, decision.malformed, decision.general_status if deny else None,
+             decision.encap_status if deny else None, 1_764_149_649_507_874_123)
+    # Only the conduit's clients and audit log take part in handling this event.
+    conduit: Any = SimpleNamespace(clients={7: client}, audit=records)
+    conduit._enip_audit = lambda *fields: RustConduit._enip_audit(conduit, *fields)
+    RustConduit._event(conduit, event)
+    assert records.records == [python]
+    assert python["principal"]["role"] == "Operator" and python["verdict"] in ("deny", "allow")
+    if not deny:
+        assert python["writes"] == ["write_tag Line1_Speed"]

@@ -28,9 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="do not apply the policy's nftables table (development on a workstation)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--relay", default="auto", choices=("auto", "python", "rust"),
-                        help="where the Modbus conduits run: the Rust relay (docs/relay.md) or the Python relay"
-                             " (docs/dataplane.md); auto (default): Rust unless the policy has a transparent"
-                             " listener, which only the Python relay serves")
+                        help="where the Modbus and EtherNet/IP conduits run: the Rust relay (docs/relay.md) or the"
+                             " Python relay (docs/dataplane.md); auto (default): Rust unless the policy has a"
+                             " transparent listener, which only the Python relay serves")
     parser.set_defaults(func=run)
 
 

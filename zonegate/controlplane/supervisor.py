@@ -9,11 +9,11 @@ one in force and is reported in the log and in `zonegate_policy_reloads_total{re
 Stopping leaves the table in the kernel: the boundary stays closed while zonegate is down. SIGTERM (or SIGINT) stops accepting, lets forwarded
 requests finish within a bounded drain time, and exits.
 
-The Modbus conduits run in the Rust relay (zonegate.dataplane.rust_relay, docs/relay.md) or in the Python
-relay (zonegate.dataplane.conduit, the reference); the EtherNet/IP conduit and the OPC UA converter run
-beside either. `relay="auto"` (the default) takes the Rust relay unless the policy has a transparent
-listener, which only the Python relay serves; `relay="rust"` refuses such a policy before the firewall
-table is touched.
+The Modbus and EtherNet/IP conduits run in the Rust relay (zonegate.dataplane.rust_relay, docs/relay.md) or
+in the Python relay (zonegate.dataplane.conduit and zonegate.dataplane.enip_conduit, the reference); the OPC
+UA converter runs beside either. `relay="auto"` (the default) takes the Rust relay unless the policy has a
+transparent listener, which only the Python relay serves; `relay="rust"` refuses such a policy before the
+firewall table is touched.
 
 When the policy has an `opcua:` section the OPC UA converter runs beside the conduit, on the conduit's
 device pools. A reload hands it the new engine (rules, principals, OPC UA users); its address space,
@@ -82,7 +82,7 @@ class Supervisor:
         self.audit: AuditLog | None = None
         self.conduit: Conduit | RustConduit | None = None
         self.converter: Any = None  # the OPC UA converter, when the policy has an opcua section
-        self.enip: EnipConduit | None = None
+        self.enip: EnipConduit | None = None  # the Python relay's EtherNet/IP conduit; the Rust relay has its own
         self.metrics_port: int | None = None
         self.stopping = asyncio.Event()
 
@@ -94,7 +94,7 @@ class Supervisor:
                 check_relay_settings(settings)
                 self.relay = "rust"
             except RelayConfigError as exc:
-                log.info("Modbus conduits on the Python relay: %s", exc)
+                log.info("Modbus and EtherNet/IP conduits on the Python relay: %s", exc)
                 self.relay = "python"
         elif self.relay == "rust":
             check_relay_settings(settings)
@@ -110,7 +110,8 @@ class Supervisor:
         )
         self.conduit = make_conduit(self.relay, settings, self.metrics, self.audit)
         await self.conduit.start()
-        self.enip = await start_enip(self.conduit, settings)  # type: ignore[arg-type]
+        if isinstance(self.conduit, Conduit):
+            self.enip = await start_enip(self.conduit, settings)
         for listener in [*self.conduit.listeners, *(self.enip.listeners if self.enip else ())]:
             log.info("listening: %s (%s) on %s:%d", listener.settings.name, listener.settings.protocol,
                      listener.settings.host, listener.port)

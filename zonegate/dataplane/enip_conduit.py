@@ -22,6 +22,7 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from zonegate import _engine
@@ -32,6 +33,7 @@ from zonegate.dataplane.config import RuntimeSettings
 from zonegate.dataplane.enip_config import EnipDeviceSettings
 from zonegate.dataplane.enip_listener import EnipClient, EnipListener
 from zonegate.dataplane.enip_upstream import EnipDevice, EnipPending
+from zonegate.dataplane.identity import Identity
 from zonegate.engine import REASONS, VERDICTS, UNKNOWN_INDEX
 
 if TYPE_CHECKING:
@@ -106,11 +108,15 @@ class _Message:
         return cip[0] if cip else 0
 
     def function(self, decision: _engine.CipDecision) -> str:
+        return self.function_at(decision.denied_leaf)
+
+    def function_at(self, denied_leaf: int | None) -> str:
+        """The `function` label: the denied leaf's service name (else the first leaf's), or the command's."""
         if self.header.command not in _RELAYED:
             return frames.COMMAND_NAMES.get(self.header.command, "other")
         if not self.leaves:
             return "other"
-        index = decision.denied_leaf if decision.denied_leaf is not None else 0
+        index = denied_leaf if denied_leaf is not None else 0
         leaf = self.leaves[index] if 0 <= index < len(self.leaves) else self.leaves[0]
         return str(leaf[0]) if leaf[0] else "other"
 
@@ -127,6 +133,72 @@ def leaf_text(leaf: tuple[Any, ...]) -> str:
              for label, value in (("class", leaf[4]), ("instance", leaf[5]), ("attribute", leaf[6]))
              if value is not None]
     return " ".join([name, *parts])
+
+
+def audit_record(
+    conduit: str,
+    principal: str | None,
+    identity: Identity,
+    device: str | None,
+    message: _Message,
+    *,
+    verdict: int,
+    reason: int,
+    rule: str | None,
+    service: int,
+    target: str,
+    route: str,
+    leaves: int,
+    denied_leaf: int | None,
+    malformed: str | None,
+    general_status: int | None,
+    encap_status: int | None,
+    writes: list[str] | None = None,
+    time: str | None = None,
+) -> dict[str, Any]:
+    """The audit record of one decided EtherNet/IP message; both relays (Python and Rust) write exactly this."""
+    command = message.header.command
+    record: dict[str, Any] = {
+        "time": time or utc_now(),
+        "conduit": conduit,
+        "principal": {
+            "name": principal,
+            "role": identity.role,
+            "subject": identity.subject,
+            "peer": identity.peer,
+        },
+        "device": device,
+        "command": frames.COMMAND_NAMES.get(command, f"0x{command:04x}"),
+        "function": message.function_at(denied_leaf),
+        "service_code": service,
+        "target": target,
+        "route": route,
+        "leaves": leaves,
+        "rule": rule,
+        "reason": reason_name(reason),
+        "verdict": VERDICTS[verdict],
+    }
+    if writes:
+        record["writes"] = writes
+    if denied_leaf is not None:
+        record["denied_leaf"] = denied_leaf
+    if malformed:
+        record["malformed"] = malformed
+    if verdict == VERDICT_DENY:
+        if general_status is not None:
+            record["general_status"] = general_status
+        if encap_status is not None:
+            record["encap_status"] = encap_status
+    return record
+
+
+def enip_certificate_files(settings: RuntimeSettings) -> list[tuple[str, str, Path]]:
+    """(owner, certificate, path) of the `enip_tls` listeners' certificates, for the expiry gauge."""
+    files: list[tuple[str, str, Path]] = []
+    for listener in settings.enip_listeners:
+        if listener.tls is not None:
+            files += [(listener.name, "server", listener.tls.cert), (listener.name, "ca", listener.tls.ca)]
+    return files
 
 
 class EnipConduit:
@@ -167,10 +239,7 @@ class EnipConduit:
     def _watch_certificates(self, settings: RuntimeSettings) -> None:
         # The Modbus conduit registers its own files first; add ours beside them.
         files = [(owner, role, path) for (owner, role), path in self.metrics.expiry.files.items()]
-        for listener in settings.enip_listeners:
-            if listener.tls is not None:
-                files += [(listener.name, "server", listener.tls.cert), (listener.name, "ca", listener.tls.ca)]
-        self.metrics.expiry.set_files(files)
+        self.metrics.expiry.set_files(files + enip_certificate_files(settings))
 
     # -- reload -------------------------------------------------------------------------------------------
 
@@ -336,39 +405,13 @@ class EnipConduit:
 
     def _audit(self, client: EnipClient, device: str | None, message: _Message, decision: _engine.CipDecision,
                writes: list[str] | None = None) -> None:
-        command = message.header.command
-        record: dict[str, Any] = {
-            "time": utc_now(),
-            "conduit": client.name,
-            "principal": {
-                "name": client.principal,
-                "role": client.identity.role,
-                "subject": client.identity.subject,
-                "peer": client.identity.peer,
-            },
-            "device": device,
-            "command": frames.COMMAND_NAMES.get(command, f"0x{command:04x}"),
-            "function": message.function(decision),
-            "service_code": decision.service,
-            "target": decision.target,
-            "route": decision.route,
-            "leaves": decision.leaves,
-            "rule": decision.rule_id or None,
-            "reason": reason_name(decision.reason),
-            "verdict": VERDICTS[decision.verdict],
-        }
-        if writes:
-            record["writes"] = writes
-        if decision.denied_leaf is not None:
-            record["denied_leaf"] = decision.denied_leaf
-        if decision.malformed:
-            record["malformed"] = decision.malformed
-        if decision.verdict == VERDICT_DENY:
-            if decision.general_status is not None:
-                record["general_status"] = decision.general_status
-            if decision.encap_status is not None:
-                record["encap_status"] = decision.encap_status
-        self.audit.write(record)
+        self.audit.write(audit_record(
+            client.name, client.principal, client.identity, device, message, verdict=decision.verdict,
+            reason=decision.reason, rule=decision.rule_id or None, service=decision.service, target=decision.target,
+            route=decision.route, leaves=decision.leaves, denied_leaf=decision.denied_leaf,
+            malformed=decision.malformed, general_status=decision.general_status,
+            encap_status=decision.encap_status, writes=writes,
+        ))
 
     # -- shutdown -----------------------------------------------------------------------------------------
 
@@ -404,4 +447,4 @@ async def start_enip(core: Conduit, settings: RuntimeSettings) -> EnipConduit | 
     return conduit
 
 
-__all__ = ["EnipConduit", "EnipDeviceSettings", "start_enip"]
+__all__ = ["EnipConduit", "EnipDeviceSettings", "audit_record", "enip_certificate_files", "start_enip"]

@@ -1,4 +1,4 @@
-"""Data plane on the Rust relay: the Modbus conduits run in `zonegate._engine.Relay` (docs/relay.md).
+"""Data plane on the Rust relay: the Modbus and EtherNet/IP conduits run in `zonegate._engine.Relay` (docs/relay.md).
 
 Everything per request (accept, TLS, framing, decision, forwarding, reply matching, timeouts, counters)
 happens in the relay's own threads; this module is what stays in Python, per connection or rarer:
@@ -6,15 +6,16 @@ happens in the relay's own threads; this module is what stays in Python, per con
 - binding the listening sockets (the Python relay's bind code, so the errors are the same) and handing
   their file descriptors to the relay;
 - the relay's events, taken on the event loop when its eventfd is readable: `identify` resolves a
-  connection's principal (identity.py and the policy) and tells the relay, `audit` writes the same JSON
-  record the Python relay writes, `log` logs, `closed` forgets the connection, `reply` answers a request
-  the OPC UA converter submitted;
+  connection's principal (identity.py and the policy) and tells the relay, `audit` and `enip_audit` write
+  the same JSON records the Python relay writes, `log` logs, `closed` forgets the connection, `reply`
+  answers a request the OPC UA converter submitted;
 - reloads: the new engine, TLS material and device list are built first and swapped in only when the
   relay accepted all of them, so a reload that fails keeps the old policy exactly as the Python relay does;
 - the metrics, read from the relay's snapshot at scrape time (zonegate.controlplane.metrics).
 
-`RustConduit` offers what the supervisor, the EtherNet/IP conduit and the OPC UA converter use of
-`zonegate.dataplane.conduit.Conduit`.
+`RustConduit` offers what the supervisor and the OPC UA converter use of `zonegate.dataplane.conduit.Conduit`;
+under it the supervisor runs no Python EtherNet/IP conduit (`enip_conduit.EnipConduit`): the relay serves the
+`enip_tls` and `enip` listeners too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from zonegate.controlplane.metrics import Metrics
 from zonegate.controlplane.tls import TlsConfigError, check_key_file, client_context
 from zonegate.dataplane.conduit import _Generation, audit_record, certificate_files
 from zonegate.dataplane.config import DeviceSettings, ListenerSettings, RuntimeSettings, TlsFiles
-from zonegate.dataplane.end_of_pass import EndOfPass, Flushable
+from zonegate.dataplane.enip_config import ENIP_PROTOCOLS, EnipDeviceSettings
+from zonegate.dataplane.enip_conduit import CIP_REASONS, _Message, enip_certificate_files
+from zonegate.dataplane.enip_conduit import audit_record as enip_audit_record
+from zonegate.dataplane.enip_frames import Header
 from zonegate.dataplane.identity import Identity, resolve_tls, tls_identity
 from zonegate.dataplane.upstream import GATEWAY_PATH_UNAVAILABLE, LATENCY_BOUNDS, Pending
 from zonegate.engine import MALFORMED, REASONS, VERDICTS, exception_response
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 RELAY_THREADS: Final = 1
 LISTEN_BACKLOG: Final = 100  # asyncio's, which the Python relay's listeners use
 _LOG_LEVELS: Final = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_TLS_KINDS: Final = ("modbus_tls", "enip_tls")
+_DENY: Final = VERDICTS.index("deny")
 
 
 class RelayConfigError(ValueError):
@@ -56,7 +62,7 @@ class RelayConfigError(ValueError):
 
 def check_relay_settings(settings: RuntimeSettings) -> None:
     """Raise `RelayConfigError` when `settings` needs what only the Python relay has."""
-    for listener in settings.listeners:
+    for listener in (*settings.listeners, *settings.enip_listeners):
         if listener.transparent:
             raise RelayConfigError(
                 f"listener {listener.name}: transparent listeners (nftables tproxy) run only in the Python "
@@ -106,26 +112,59 @@ def _device_config(device: DeviceSettings) -> dict[str, Any]:
     }
 
 
+def _enip_device_config(device: EnipDeviceSettings) -> dict[str, Any]:
+    return {"name": device.name, "host": device.host, "port": device.port, "timeout": device.timeout,
+            "max_connections": device.max_connections}
+
+
+def _listener_config(listener: ListenerSettings, index: Mapping[str, int]) -> dict[str, Any]:
+    tls = None
+    if listener.protocol in _TLS_KINDS:
+        if listener.tls is None:
+            raise TlsConfigError(f"listener {listener.name}: {listener.protocol} needs tls cert, key and ca")
+        tls = tls_material(listener.tls)
+    return {
+        "name": listener.name,
+        "kind": listener.protocol,
+        "tls": tls,
+        # An EtherNet/IP listener's first device is the one it relays to (names without `enip:` left out).
+        "devices": [index[d] for d in listener.devices if d in index],
+        "max_outstanding": listener.max_outstanding,
+        "idle_timeout": listener.idle_timeout,
+        "request_timeout": listener.request_timeout,
+    }
+
+
 def relay_config(settings: RuntimeSettings, listeners: Sequence[ListenerSettings]) -> dict[str, Any]:
-    """The `config` of `Relay(...)` / `Relay.reload(...)`: `listeners` in the order of the bound sockets."""
+    """The `config` of `Relay(...)` / `Relay.reload(...)`: `listeners` in the order of the bound sockets.
+
+    Modbus listeners' `devices` index `devices`, EtherNet/IP listeners' index `enip_devices`.
+    """
     names = list(settings.devices)
     index = {name: i for i, name in enumerate(names)}
+    enip_names = list(settings.enip.devices)
+    enip_index = {name: i for i, name in enumerate(enip_names)}
     return {
         "listeners": [
-            {
-                "name": listener.name,
-                "kind": listener.protocol,
-                "tls": tls_material(listener.tls) if listener.protocol == "modbus_tls" and listener.tls else None,
-                "devices": [index[d] for d in listener.devices if d in index],
-                "max_outstanding": listener.max_outstanding,
-                "idle_timeout": listener.idle_timeout,
-                "request_timeout": listener.request_timeout,
-            }
+            _listener_config(listener, enip_index if listener.protocol in ENIP_PROTOCOLS else index)
             for listener in listeners
         ],
         "devices": [_device_config(settings.devices[name]) for name in names],
+        "enip_devices": [_enip_device_config(settings.enip.devices[name]) for name in enip_names],
         "latency_bounds": list(LATENCY_BOUNDS),
     }
+
+
+def served_listeners(settings: RuntimeSettings) -> tuple[ListenerSettings, ...]:
+    """Every listener the relay serves, in the order their sockets are bound: Modbus, then EtherNet/IP."""
+    return (*settings.listeners, *settings.enip_listeners)
+
+
+def _listener_settings(settings: RuntimeSettings, name: str) -> ListenerSettings:
+    for listener in served_listeners(settings):
+        if listener.name == name:
+            return listener
+    raise KeyError(name)
 
 
 # -- what the supervisor and the converter see ------------------------------------------------------------
@@ -217,8 +256,6 @@ class RustConduit:
         self.clients: dict[int, _Client] = {}
         self.submitted: dict[int, Pending] = {}
         self.last_snapshot: Mapping[str, Any] | None = None
-        # The EtherNet/IP conduit writes its clients' replies through the Modbus conduit's end of pass.
-        self.replies: EndOfPass[Any] = EndOfPass(self.loop, self._flush_failed)
         self.metrics.policy_loaded(settings.source_hash)
         self._watch_certificates(settings)
 
@@ -229,7 +266,7 @@ class RustConduit:
         return self.generation.settings
 
     def _watch_certificates(self, settings: RuntimeSettings) -> None:
-        self.metrics.expiry.set_files(certificate_files(settings))
+        self.metrics.expiry.set_files(certificate_files(settings) + enip_certificate_files(settings))
 
     def listener(self, name: str) -> RelayListener:
         for listener in self.listeners:
@@ -264,11 +301,12 @@ class RustConduit:
 
     async def start(self) -> None:
         settings = self.settings
-        config = relay_config(settings, settings.listeners)
+        served = served_listeners(settings)
+        config = relay_config(settings, served)
         fds: list[int] = []
         bound: list[RelayListener] = []
         try:
-            for listener_settings in settings.listeners:
+            for listener_settings in served:
                 fd, port = await self._bind(listener_settings)
                 fds.append(fd)
                 bound.append(RelayListener(listener_settings, port))
@@ -303,14 +341,14 @@ class RustConduit:
         generation = _Generation(self.generation.number + 1, settings)
         bound = {(x.settings.name, x.settings.protocol, x.settings.host, x.settings.port, x.settings.transparent)
                  for x in self.listeners}
-        wanted = {(x.name, x.protocol, x.host, x.port, x.transparent) for x in settings.listeners}
+        wanted = {(x.name, x.protocol, x.host, x.port, x.transparent) for x in served_listeners(settings)}
         if bound != wanted:
             log.warning("listener addresses changed in the policy; they take effect at the next restart")
         # The sockets stay those bound at start; each keeps its place, with the new settings of its name.
         listeners = []
         for listener in self.listeners:
             try:
-                listeners.append(RelayListener(settings.listener(listener.settings.name), listener.port))
+                listeners.append(RelayListener(_listener_settings(settings, listener.settings.name), listener.port))
             except KeyError:
                 listeners.append(listener)
         config = relay_config(settings, [x.settings for x in listeners])
@@ -360,6 +398,8 @@ class RustConduit:
             self._identify(conn_id, listener, peer, der)
         elif kind == "audit":
             self._audit(*event[1:])
+        elif kind == "enip_audit":
+            self._enip_audit(*event[1:])
         elif kind == "reply":
             _, token, adu, exception = event[:4]
             self._reply(token, adu, exception)
@@ -382,10 +422,9 @@ class RustConduit:
         if client is None:
             text, host = _peer(peer)
             try:
-                protocol = self.settings.listener(listener).protocol
-            except KeyError:
-                protocol = "modbus_tls" if der is not None else "modbus"
-            tls = protocol == "modbus_tls"
+                tls = _listener_settings(self.settings, listener).protocol in _TLS_KINDS
+            except KeyError:  # a listener a reload removed: its connections still say what they presented
+                tls = der is not None
             identity = tls_identity(der, text) if tls else Identity(peer=text)
             client = self.clients[conn_id] = _Client(listener, tls, identity, host)
         # Resolved under the policy in force: the relay asks again at the first request after a reload.
@@ -418,6 +457,23 @@ class RustConduit:
             exception=exception, malformed=_code(malformed, MALFORMED), time=_utc(time_ns),
         ))
 
+    def _enip_audit(self, conn_id: int, listener: str, device: str | None, frame: bytes, verdict: Any, reason: Any,
+                    rule: str | None, service: int, target: str, route: str, leaves: int, denied_leaf: int | None,
+                    malformed: str | None, general_status: int | None, encap_status: int | None,
+                    time_ns: int | None = None, *_more: Any) -> None:
+        client = self.clients.get(conn_id)
+        identity = client.identity if client is not None else Identity(peer="")
+        message = _Message(frame, Header.read(frame))
+        verdict_code = _code(verdict, VERDICTS)
+        self.audit.write(enip_audit_record(
+            listener, client.principal if client is not None else None, identity, device, message,
+            verdict=verdict_code, reason=_code(reason, CIP_REASONS), rule=rule or None, service=int(service or 0),
+            target=target, route=route, leaves=int(leaves), denied_leaf=denied_leaf, malformed=malformed or None,
+            general_status=general_status, encap_status=encap_status,
+            # As the Python conduit: an allowed (or would-deny) message lists the writes it holds.
+            writes=message.writes() if verdict_code != _DENY else None, time=_utc(time_ns),
+        ))
+
     # -- requests the converter submits --------------------------------------------------------------------
 
     def submit(self, pool: RelayPool, pending: Pending) -> None:
@@ -445,16 +501,6 @@ class RustConduit:
     def _answer(pending: Pending, adu: bytes) -> None:
         pending.answered = monotonic()
         pending.sink.deliver(adu, pending)
-
-    # -- the EtherNet/IP conduit's writes --------------------------------------------------------------------
-
-    def flush_later(self, client: Flushable) -> None:
-        """Write `client`'s replies at the end of this loop pass, with every other client's: one callback."""
-        self.replies.add(client)
-
-    def _flush_failed(self, client: Any) -> None:
-        log.exception("%s: internal error writing to %s", client.name, client.identity.peer)
-        client.close()
 
     # -- shutdown -----------------------------------------------------------------------------------------
 
@@ -492,4 +538,4 @@ def make_conduit(relay: str, settings: RuntimeSettings, metrics: Metrics, audit:
 
 
 __all__ = ["RelayConfigError", "RelayListener", "RelayPool", "RustConduit", "check_relay_settings",
-           "make_conduit", "relay_config", "tls_material"]
+           "make_conduit", "relay_config", "served_listeners", "tls_material"]

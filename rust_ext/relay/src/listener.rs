@@ -202,7 +202,9 @@ async fn connection(
     let local = stream.local_addr().ok();
     let asked = &guard.asked;
     match tls {
-        None if enip => crate::enip::session::serve(&shared, index, &label, stream, peer, local, conn_id, None, asked).await,
+        None if enip => {
+            crate::enip::session::serve(&shared, index, &label, stream, peer, local, conn_id, None, asked).await
+        }
         None => serve(&shared, index, &label, stream, peer, conn_id, None, asked).await,
         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
@@ -261,9 +263,44 @@ pub(crate) async fn read_some<S: ClientStream>(stream: &mut S, buf: &mut [u8]) -
 }
 
 /// Who the client is under one generation: the engine's index and the metric label.
-struct Principal {
-    index: u32,
-    label: Arc<str>,
+pub(crate) struct Principal {
+    pub(crate) index: u32,
+    pub(crate) label: Arc<str>,
+}
+
+impl Principal {
+    /// Python's answer to `identify`, resolved against `generation` (unknown: `u32::MAX`, `unknown`).
+    pub(crate) fn resolve(generation: &Generation, name: Option<String>) -> Principal {
+        match name.and_then(|n| Some((generation.engine.principal_index(&n)?, n))) {
+            Some((index, name)) => Principal { index, label: Arc::from(name.as_str()) },
+            None => Principal::unknown(generation),
+        }
+    }
+
+    pub(crate) fn unknown(generation: &Generation) -> Principal {
+        Principal { index: u32::MAX, label: generation.unknown.clone() }
+    }
+}
+
+/// Pushes an `identify` event for the connection (both protocols ask the same way); the receiver resolves
+/// with Python's answer.
+pub(crate) fn ask_identity(
+    shared: &Shared,
+    conn_id: u64,
+    listener: &Arc<str>,
+    asked: &AtomicBool,
+    peer: &str,
+    der: Option<&[u8]>,
+) -> oneshot::Receiver<Option<String>> {
+    let rx = shared.wait_identify(conn_id);
+    asked.store(true, Ordering::Relaxed);
+    shared.events.push(Event::Identify {
+        conn_id,
+        listener: listener.clone(),
+        peer: peer.to_owned(),
+        der: der.map(<[u8]>::to_vec),
+    });
+    rx
 }
 
 /// Serves one connection until it closes; sets `asked` when an `identify` event goes out.
@@ -395,7 +432,7 @@ impl<'a> Conn<'a> {
             label,
             conn_id,
             principal_generation: generation.number,
-            principal: Principal { index: u32::MAX, label: generation.unknown.clone() },
+            principal: Principal::unknown(&generation),
             generation,
             now: Instant::now(),
             asked,
@@ -414,25 +451,13 @@ impl<'a> Conn<'a> {
     }
 
     fn ask_identity(&mut self, peer: &str, der: Option<&[u8]>) -> oneshot::Receiver<Option<String>> {
-        let rx = self.shared.wait_identify(self.conn_id);
-        self.asked.store(true, Ordering::Relaxed);
-        self.shared.events.push(Event::Identify {
-            conn_id: self.conn_id,
-            listener: self.label.clone(),
-            peer: peer.to_owned(),
-            der: der.map(<[u8]>::to_vec),
-        });
-        rx
+        ask_identity(&self.shared, self.conn_id, &self.label, self.asked, peer, der)
     }
 
     /// Python's answer, resolved against the generation it was asked under (a newer one asks again).
     fn identified(&mut self, name: Option<String>) {
         self.cells.get_mut().clear();
-        let generation = &self.generation;
-        self.principal = match name.and_then(|n| Some((generation.engine.principal_index(&n)?, n))) {
-            Some((index, name)) => Principal { index, label: Arc::from(name.as_str()) },
-            None => Principal { index: u32::MAX, label: generation.unknown.clone() },
-        };
+        self.principal = Principal::resolve(&self.generation, name);
     }
 
     /// Decides and answers or forwards every complete ADU at the start of `buf`, as long as the connection

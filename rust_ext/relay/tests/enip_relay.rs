@@ -1,0 +1,224 @@
+//! The relay's EtherNet/IP conduit end to end (docs/relay.md "EtherNet/IP", docs/enip-conduit.md): a `Relay`
+//! on a socket bound like Python binds it, a fake EtherNet/IP device and clients on 127.0.0.1, the control
+//! plane's side played through the event queue.
+
+mod enip_common;
+mod relay_common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use enip_common::*;
+use relay_common::{bound_listener, runtime, ControlPlane};
+use tokio::net::TcpStream;
+use zonegate_relay::enip::frames::{self, HEADER_LEN};
+use zonegate_relay::events::Event;
+use zonegate_relay::Relay;
+
+/// The relay over one fake device (or a port nothing listens on), its listener's address and the control
+/// plane, with every connection identified as `operator`.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    relay: Relay,
+    addr: std::net::SocketAddr,
+    cp: ControlPlane,
+}
+
+fn setup(device_port: Option<u16>, max_connections: usize, timeout: Duration) -> (Setup, Option<std::sync::Arc<Seen>>) {
+    let rt = runtime();
+    let (port, seen) = match device_port {
+        Some(port) => (port, None),
+        None => {
+            let (port, seen) = rt.block_on(enip_device());
+            (port, Some(seen))
+        }
+    };
+    let (addr, fd) = bound_listener();
+    let config = enip_relay_config(enip_device_config(port, max_connections, timeout));
+    let relay = Relay::start(engine(), config, &[fd], 2).expect("relay starts");
+    (Setup { rt, relay, addr, cp: ControlPlane::new() }, seen)
+}
+
+impl Setup {
+    /// A client connection, identified as `operator`.
+    fn client(&mut self) -> TcpStream {
+        let client = self.rt.block_on(TcpStream::connect(self.addr)).unwrap();
+        self.cp.wait(&self.relay, Some("operator"), |e| matches!(e, Event::Identify { .. }));
+        client
+    }
+
+    /// A client with a registered session: the connection and the handle zonegate gave it.
+    fn registered(&mut self) -> (TcpStream, u32) {
+        let mut client = self.client();
+        self.rt.block_on(write(&mut client, &register_session(b"register")));
+        let reply = self.rt.block_on(read_message(&mut client));
+        let h = frames::header(&reply);
+        assert_eq!((h.command, h.status, &h.sender_context), (frames::REGISTER_SESSION, 0, b"register"));
+        assert_eq!(&reply[HEADER_LEN..], &[1, 0, 0, 0]);
+        (client, h.session)
+    }
+
+    /// Sends `frame` and reads one message back, with the time it took.
+    fn ask(&self, client: &mut TcpStream, frame: &[u8]) -> (Vec<u8>, Duration) {
+        let started = Instant::now();
+        self.rt.block_on(write(client, frame));
+        let reply = self.rt.block_on(read_message(client));
+        (reply, started.elapsed())
+    }
+
+    fn faults(&self, kind: &str) -> u64 {
+        let faults = self.relay.snapshot().upstream_faults;
+        faults.iter().filter(|((d, k), _)| &**d == "press-plc" && *k == kind).map(|(_, n)| n).sum()
+    }
+
+    fn stop(self) {
+        self.relay.stop(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn register_session_gets_a_handle_of_zonegate_not_the_device() {
+    let (mut s, seen) = setup(None, 2, Duration::from_secs(2));
+    let (_client, handle) = s.registered();
+    assert_ne!(handle, 0);
+    assert_ne!(handle, DEVICE_SESSION);
+    // A session is zonegate's own: the device hears nothing of it until a message is forwarded.
+    assert!(seen.unwrap().frames().is_empty());
+    s.stop();
+}
+
+#[test]
+fn allowed_read_reaches_the_device_under_its_handle_and_returns_under_the_client_s() {
+    let (mut s, seen) = setup(None, 2, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let (mut client, handle) = s.registered();
+    let request = send_rr(handle, b"read-001", &read_tag("recipe"));
+    let (reply, _) = s.ask(&mut client, &request);
+    let h = frames::header(&reply);
+    assert_eq!((h.command, h.session, h.status, &h.sender_context), (frames::SEND_RR_DATA, handle, 0, b"read-001"));
+    assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0, vec![]));
+
+    // The link registered a session of its own, then forwarded the request under the device's handle.
+    let got = seen.frames();
+    assert_eq!(frames::header(&got[0]).command, frames::REGISTER_SESSION);
+    let forwarded = seen.of(frames::SEND_RR_DATA);
+    assert_eq!(forwarded.len(), 1);
+    let mut expected = request.clone();
+    frames::set_session(&mut expected, DEVICE_SESSION);
+    assert_eq!(forwarded[0], expected);
+    s.stop();
+}
+
+#[test]
+fn denied_write_is_answered_0x0f_audited_and_never_reaches_the_device() {
+    let (mut s, seen) = setup(None, 2, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let (mut client, handle) = s.registered();
+    let request = send_rr(handle, b"write-01", &write_tag("recipe", 42));
+    let (reply, _) = s.ask(&mut client, &request);
+    let h = frames::header(&reply);
+    assert_eq!((h.command, h.session, h.status, &h.sender_context), (frames::SEND_RR_DATA, handle, 0, b"write-01"));
+    assert_eq!(cip_status(&reply), (WRITE_TAG | 0x80, 0x0F, vec![]));
+    // Then an allowed read: once its reply is back, the write would have reached the device before it.
+    let (reply, _) = s.ask(&mut client, &send_rr(handle, b"read-002", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+    let forwarded = seen.of(frames::SEND_RR_DATA);
+    assert_eq!(forwarded.len(), 1, "only the read reaches the device");
+    assert_eq!(frames::items(&forwarded[0]).and_then(|i| i.cip()).map(|c| c[0]), Some(READ_TAG));
+
+    let audit = s.cp.wait(&s.relay, None, |e| matches!(e, Event::EnipAudit(a) if a.verdict == "deny"));
+    let Event::EnipAudit(a) = &s.cp.seen[audit] else { unreachable!() };
+    assert_eq!((a.listener.as_ref(), a.device.as_deref(), a.service), ("cell-enip", Some("press-plc"), WRITE_TAG));
+    assert_eq!((a.general_status, a.encap_status), (Some(0x0F), None));
+    assert_eq!(a.frame, request);
+    s.stop();
+}
+
+#[test]
+fn a_message_on_a_wrong_session_answers_0x0064_and_is_not_forwarded() {
+    let (mut s, seen) = setup(None, 2, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let (mut client, handle) = s.registered();
+    let wrong = handle.wrapping_add(1);
+    let (reply, _) = s.ask(&mut client, &send_rr(wrong, b"wrong-01", &read_tag("recipe")));
+    let h = frames::header(&reply);
+    assert_eq!((h.command, h.session, h.status, h.length), (frames::SEND_RR_DATA, wrong, 0x0064, 0));
+    assert_eq!(&h.sender_context, b"wrong-01");
+    assert!(seen.of(frames::SEND_RR_DATA).is_empty());
+    s.stop();
+}
+
+#[test]
+fn a_silent_device_gets_the_gateway_answer_after_its_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (mut s, seen) = setup(None, 2, timeout);
+    seen.as_ref().unwrap().set_mode(Mode::Silent);
+    let (mut client, handle) = s.registered();
+    let (reply, took) = s.ask(&mut client, &send_rr(handle, b"silent01", &read_tag("recipe")));
+    assert_eq!(frames::header(&reply).session, handle);
+    assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0x01, vec![0x0204]));
+    assert!(took >= timeout - Duration::from_millis(50), "answered after {took:?}");
+    assert_eq!(seen.unwrap().of(frames::SEND_RR_DATA).len(), 1);
+    assert_eq!(s.faults("timeout"), 1);
+    s.stop();
+}
+
+#[test]
+fn a_dead_device_port_gets_the_gateway_answer_then_at_once_during_the_backoff() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (mut s, _) = setup(Some(dead), 2, Duration::from_secs(2));
+    let (mut client, handle) = s.registered();
+    let (reply, _) = s.ask(&mut client, &send_rr(handle, b"dead-001", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0x01, vec![0x0204]));
+    assert_eq!(s.faults("connect_failed"), 1);
+    let (reply, took) = s.ask(&mut client, &send_rr(handle, b"dead-002", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0x01, vec![0x0204]));
+    assert_eq!(&frames::header(&reply).sender_context, b"dead-002");
+    assert!(took < Duration::from_millis(500), "answered after {took:?}: not at once");
+    assert_eq!((s.faults("connect_failed"), s.faults("unavailable")), (1, 1));
+    let warning = s.cp.wait(&s.relay, None, |e| matches!(e, Event::Log { level: "warning", .. }));
+    let Event::Log { message, .. } = &s.cp.seen[warning] else { unreachable!() };
+    assert!(message.starts_with(&format!("device press-plc at 127.0.0.1:{dead} unreachable: ")), "{message}");
+    s.stop();
+}
+
+#[test]
+fn a_client_past_max_connections_gets_resource_unavailable() {
+    let (mut s, seen) = setup(None, 1, Duration::from_secs(2));
+    let (mut first, first_handle) = s.registered();
+    let (reply, _) = s.ask(&mut first, &send_rr(first_handle, b"first-01", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+    let (mut second, second_handle) = s.registered();
+    let (reply, _) = s.ask(&mut second, &send_rr(second_handle, b"second01", &read_tag("recipe")));
+    assert_eq!(frames::header(&reply).session, second_handle);
+    assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0x02, vec![]));
+    assert_eq!(s.faults("queue_full"), 1);
+    assert_eq!(seen.unwrap().accepted.load(Ordering::SeqCst), 1, "one link only");
+    s.stop();
+}
+
+#[test]
+fn list_identity_is_asked_of_the_device_once_and_names_the_box() {
+    let (mut s, seen) = setup(None, 2, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    for round in 0..2u8 {
+        let mut client = s.client();
+        let context = [b'l', b'i', 0, 0, 0, 0, 0, round];
+        let (reply, _) = s.ask(&mut client, &message(frames::LIST_IDENTITY, 0, &context, &[]));
+        let h = frames::header(&reply);
+        assert_eq!((h.command, h.status, h.sender_context), (frames::LIST_IDENTITY, 0, context));
+        let mut expected = IDENTITY.to_vec();
+        // sin_family, sin_port and sin_addr (big-endian): the listener's address, not the device's
+        expected[2..4].copy_from_slice(&2u16.to_be_bytes());
+        expected[4..6].copy_from_slice(&s.addr.port().to_be_bytes());
+        expected[6..10].copy_from_slice(&[127, 0, 0, 1]);
+        let mut data = 1u16.to_le_bytes().to_vec(); // item count
+        data.extend_from_slice(&frames::ITEM_IDENTITY.to_le_bytes()); // identity item
+        data.extend_from_slice(&(expected.len() as u16).to_le_bytes()); // its length
+        data.extend_from_slice(&expected);
+        assert_eq!(&reply[HEADER_LEN..], &data[..], "round {round}");
+    }
+    assert_eq!(seen.of(frames::LIST_IDENTITY).len(), 1);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    s.stop();
+}
