@@ -317,12 +317,7 @@ def audit_record(
     record: dict[str, Any] = {
         "time": time or utc_now(),
         "conduit": conduit,
-        "principal": {
-            "name": principal,
-            "role": identity.role,
-            "subject": identity.subject,
-            "peer": identity.peer,
-        },
+        "principal": identity.audit(principal),
         "device": device,
         "unit": unit,
         "function": function_name(function),

@@ -161,12 +161,7 @@ def audit_record(
     record: dict[str, Any] = {
         "time": time or utc_now(),
         "conduit": conduit,
-        "principal": {
-            "name": principal,
-            "role": identity.role,
-            "subject": identity.subject,
-            "peer": identity.peer,
-        },
+        "principal": identity.audit(principal),
         "device": device,
         "command": frames.COMMAND_NAMES.get(command, f"0x{command:04x}"),
         "function": message.function_at(denied_leaf),

@@ -29,6 +29,10 @@ class Identity:
     role: str | None = None
     subject: str | None = None
 
+    def audit(self, principal: str | None) -> dict[str, str | None]:
+        """The `principal` object of an audit record (Modbus and EtherNet/IP write the same one)."""
+        return {"name": principal, "role": self.role, "subject": self.subject, "peer": self.peer}
+
 
 def decode_role(value: bytes) -> str | None:
     """The role in a role extension value, or None unless it is exactly one DER UTF8String."""
