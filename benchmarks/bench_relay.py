@@ -18,9 +18,10 @@ come from Debian (`make bench` installs them); a missing one is reported and ski
 `zonegate run` does for a user (its launcher sets the malloc tunables), without the nftables table
 (`--no-firewall`: the other relays run without one, and the host's firewall is not the benchmark's), and
 multiplexes the clients over one device connection with up to 64 requests in flight: as many as the
-one-connection-per-client relays put on the target with 64 clients. Its EtherNet/IP conduit cannot pool:
-a CIP device ties sessions to TCP connections, so every client connection gets a device link of its own,
-as it does through the other relays.
+one-connection-per-client relays put on the target with 64 clients. Its EtherNet/IP conduit carries the
+clients' unconnected messages (all this benchmark sends) over one shared device session, a sender context
+of its own per message (docs/relay.md, "Shared session"); the other relays, and `zonegate-python`, give
+every client connection a device connection and session of its own.
 
 `zonegate` runs its Modbus and EtherNet/IP conduits in the Rust relay (docs/relay.md), as `zonegate run` does
 by default; `zonegate-python` is zonegate again with `--relay python` (the reference relay, docs/dataplane.md

@@ -128,21 +128,27 @@ class EnipSimulator:
 
     # -- what reached it ----------------------------------------------------------------------------------
 
-    def messages(self) -> list[bytes]:
-        """Every encapsulation message received, per client connection in order, connections in order."""
+    def connections(self) -> list[list[bytes]]:
+        """The encapsulation messages received on each client connection, in order, connections in order."""
         if not self.record.exists():
             return []
         streams: dict[str, bytes] = {}
         for line in self.record.read_text(encoding="ascii").splitlines():
             entry = json.loads(line)
             streams[entry["peer"]] = streams.get(entry["peer"], b"") + bytes.fromhex(entry["data"])
-        out: list[bytes] = []
+        out: list[list[bytes]] = []
         for stream in streams.values():
+            messages = []
             while len(stream) >= 24:
                 n = 24 + int.from_bytes(stream[2:4], "little")
-                out.append(stream[:n])
+                messages.append(stream[:n])
                 stream = stream[n:]
+            out.append(messages)
         return out
+
+    def messages(self) -> list[bytes]:
+        """Every encapsulation message received, per client connection in order, connections in order."""
+        return [m for connection in self.connections() for m in connection]
 
     def commands(self) -> list[int]:
         return [int.from_bytes(m[0:2], "little") for m in self.messages()]

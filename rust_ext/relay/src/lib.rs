@@ -30,6 +30,8 @@ use crate::upstream::DevicePool;
 
 /// No route: the engine's unknown device, and the metric label `unknown`.
 pub const NO_DEVICE: u32 = u32::MAX;
+/// How long a stopping relay waits for the devices' shared EtherNet/IP sessions to unregister.
+const SHARED_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One listener's settings in a generation, with what the request path needs worked out in advance.
 pub struct ListenerGen {
@@ -469,6 +471,16 @@ impl Relay {
         for device in &generation.enip_devices {
             device.retire();
         }
+        // The devices' shared sessions answer what is in flight and unregister (bounded).
+        let sessions: Vec<_> = generation.enip_devices.iter().filter_map(|d| d.take_shared_task()).collect();
+        runtime.block_on(async move {
+            let _ = tokio::time::timeout(SHARED_CLOSE_TIMEOUT, async {
+                for task in sessions {
+                    let _ = task.await;
+                }
+            })
+            .await;
+        });
         // Tasks still running (connections past the timeout, pools) are dropped with their sockets.
         runtime.shutdown_timeout(Duration::from_millis(200));
         // Connections that never got an answer to `identify` will not get one now.

@@ -25,6 +25,15 @@ struct Setup {
 }
 
 fn setup(device_port: Option<u16>, max_connections: usize, timeout: Duration) -> (Setup, Option<std::sync::Arc<Seen>>) {
+    setup_with(engine(), device_port, max_connections, timeout)
+}
+
+fn setup_with(
+    engine: std::sync::Arc<zonegate_core::policy::Engine>,
+    device_port: Option<u16>,
+    max_connections: usize,
+    timeout: Duration,
+) -> (Setup, Option<std::sync::Arc<Seen>>) {
     let rt = runtime();
     let (port, seen) = match device_port {
         Some(port) => (port, None),
@@ -35,7 +44,7 @@ fn setup(device_port: Option<u16>, max_connections: usize, timeout: Duration) ->
     };
     let (addr, fd) = bound_listener();
     let config = enip_relay_config(enip_device_config(port, max_connections, timeout));
-    let relay = Relay::start(engine(), config, &[fd], 2).expect("relay starts");
+    let relay = Relay::start(engine, config, &[fd], 2).expect("relay starts");
     (Setup { rt, relay, addr, cp: ControlPlane::new() }, seen)
 }
 
@@ -98,15 +107,102 @@ fn allowed_read_reaches_the_device_under_its_handle_and_returns_under_the_client
     assert_eq!((h.command, h.session, h.status, &h.sender_context), (frames::SEND_RR_DATA, handle, 0, b"read-001"));
     assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0, vec![]));
 
-    // The link registered a session of its own, then forwarded the request under the device's handle.
+    // The device's shared session registered first, then carried the request under the device's handle and
+    // a sender context of its own.
     let got = seen.frames();
     assert_eq!(frames::header(&got[0]).command, frames::REGISTER_SESSION);
     let forwarded = seen.of(frames::SEND_RR_DATA);
     assert_eq!(forwarded.len(), 1);
+    assert_ne!(&forwarded[0][12..20], b"read-001");
     let mut expected = request.clone();
     frames::set_session(&mut expected, DEVICE_SESSION);
+    frames::set_context(&mut expected, forwarded[0][12..20].try_into().unwrap());
     assert_eq!(forwarded[0], expected);
     s.stop();
+}
+
+#[test]
+fn clients_without_connections_share_one_device_session() {
+    let (mut s, seen) = setup(None, 4, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let mut clients: Vec<_> = (0..3).map(|_| s.registered()).collect();
+    // Each client sends two reads in one write, both under the same sender context (clients may).
+    for (client, handle) in &mut clients {
+        let two =
+            [send_rr(*handle, b"same-ctx", &read_tag("recipe")), send_rr(*handle, b"same-ctx", &read_tag("recipe"))];
+        s.rt.block_on(write(client, &two.concat()));
+    }
+    for (client, handle) in &mut clients {
+        for _ in 0..2 {
+            let reply = s.rt.block_on(read_message(client));
+            let h = frames::header(&reply);
+            assert_eq!((h.session, h.status, &h.sender_context), (*handle, 0, b"same-ctx"));
+            assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0, vec![]));
+        }
+    }
+    // One connection and one session at the device; each message went under a context no other had.
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.of(frames::REGISTER_SESSION).len(), 1);
+    let forwarded = seen.of(frames::SEND_RR_DATA);
+    assert_eq!(forwarded.len(), 6);
+    let mut contexts: Vec<_> = forwarded.iter().map(|f| f[12..20].to_vec()).collect();
+    contexts.sort();
+    contexts.dedup();
+    assert_eq!(contexts.len(), 6);
+    assert!(forwarded.iter().all(|f| frames::header(f).session == DEVICE_SESSION));
+    s.stop();
+}
+
+#[test]
+fn a_client_that_opens_a_connection_gets_a_session_of_its_own_after_its_shared_messages() {
+    let (mut s, seen) = setup_with(engine_with_connections(), None, 4, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let (mut reader, reader_handle) = s.registered();
+    let (mut opener, opener_handle) = s.registered();
+    // A read (shared session) and a Forward Open in one write: the Forward Open waits for the read's reply.
+    let batch = [
+        send_rr(opener_handle, b"read-fst", &read_tag("recipe")),
+        send_rr(opener_handle, b"open-fo!", &forward_open(7)),
+    ];
+    s.rt.block_on(write(&mut opener, &batch.concat()));
+    let read = s.rt.block_on(read_message(&mut opener));
+    assert_eq!((&frames::header(&read).sender_context, cip_status(&read).1), (b"read-fst", 0));
+    let opened = s.rt.block_on(read_message(&mut opener));
+    let h = frames::header(&opened);
+    assert_eq!((h.session, &h.sender_context), (opener_handle, b"open-fo!"));
+    assert_eq!(cip_status(&opened), (0x54 | 0x80, 0, vec![]));
+    // Later reads of that client go on its own session; the other client stays on the shared one.
+    let (reply, _) = s.ask(&mut opener, &send_rr(opener_handle, b"read-snd", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+    let (reply, _) = s.ask(&mut reader, &send_rr(reader_handle, b"reader-1", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    let on: Vec<(usize, u8)> =
+        seen.on(frames::SEND_RR_DATA).iter().map(|(c, f)| (*c, frames::items(f).unwrap().cip().unwrap()[0])).collect();
+    // In arrival order: the first read (shared session), the Forward Open once the read was answered (the
+    // opener's own session), its second read there, the reader's read on the shared session.
+    let (shared, own) = (on[0].0, on[1].0);
+    assert_ne!(shared, own);
+    assert_eq!(on, [(shared, READ_TAG), (own, 0x54), (own, READ_TAG), (shared, READ_TAG)]);
+    assert_eq!(seen.of(frames::REGISTER_SESSION).len(), 2);
+    // The opener's context on its own session is its own.
+    assert_eq!(&seen.on(frames::SEND_RR_DATA)[1].1[12..20], b"open-fo!");
+    s.stop();
+}
+
+#[test]
+fn the_shared_session_unregisters_as_the_relay_stops() {
+    let (mut s, seen) = setup(None, 2, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let (mut client, handle) = s.registered();
+    let (reply, _) = s.ask(&mut client, &send_rr(handle, b"read-001", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+    drop(client);
+    s.stop();
+    let unregistered = seen.of(frames::UNREGISTER_SESSION);
+    assert_eq!(unregistered.len(), 1);
+    assert_eq!(frames::header(&unregistered[0]).session, DEVICE_SESSION);
 }
 
 #[test]
@@ -220,5 +316,76 @@ fn list_identity_is_asked_of_the_device_once_and_names_the_box() {
     }
     assert_eq!(seen.of(frames::LIST_IDENTITY).len(), 1);
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    s.stop();
+}
+
+#[test]
+fn a_silent_device_times_out_every_client_on_the_shared_session_and_keeps_it() {
+    let (mut s, seen) = setup(None, 4, Duration::from_millis(300));
+    let seen = seen.unwrap();
+    seen.set_mode(Mode::Silent);
+    let mut clients: Vec<_> = (0..2).map(|_| s.registered()).collect();
+    for (n, (client, handle)) in clients.iter_mut().enumerate() {
+        s.rt.block_on(write(client, &send_rr(*handle, &[b's', n as u8, 0, 0, 0, 0, 0, 0], &read_tag("recipe"))));
+    }
+    for (n, (client, handle)) in clients.iter_mut().enumerate() {
+        let reply = s.rt.block_on(read_message(client));
+        let h = frames::header(&reply);
+        assert_eq!((h.session, h.sender_context), (*handle, [b's', n as u8, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0x01, vec![0x0204]));
+    }
+    assert_eq!(s.faults("timeout"), 2);
+    // The session itself is kept: once the device answers again, the next read goes on it.
+    seen.set_mode(Mode::Answer);
+    let (client, handle) = &mut clients[0];
+    let (reply, _) = s.ask(client, &send_rr(*handle, b"again!!!", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    s.stop();
+}
+
+#[test]
+fn a_lost_shared_session_answers_for_the_device_and_the_next_message_opens_another() {
+    let (mut s, seen) = setup(None, 4, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    seen.set_mode(Mode::Close);
+    let (mut first, first_handle) = s.registered();
+    let (reply, _) = s.ask(&mut first, &send_rr(first_handle, b"lost-one", &read_tag("recipe")));
+    assert_eq!(frames::header(&reply).sender_context, *b"lost-one");
+    assert_eq!(cip_status(&reply), (READ_TAG | 0x80, 0x01, vec![0x0204]));
+    assert_eq!(s.faults("connection_lost"), 1);
+    seen.set_mode(Mode::Answer);
+    let (mut second, second_handle) = s.registered();
+    for (client, handle) in [(&mut second, second_handle), (&mut first, first_handle)] {
+        let (reply, _) = s.ask(client, &send_rr(handle, b"back-up!", &read_tag("recipe")));
+        assert_eq!(cip_status(&reply).1, 0);
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.of(frames::REGISTER_SESSION).len(), 2);
+    s.stop();
+}
+
+#[test]
+fn a_reload_that_moves_the_device_retires_its_shared_session() {
+    let (mut s, old) = setup(None, 4, Duration::from_secs(2));
+    let old = old.unwrap();
+    let (mut client, handle) = s.registered();
+    let (reply, _) = s.ask(&mut client, &send_rr(handle, b"before!!", &read_tag("recipe")));
+    assert_eq!(cip_status(&reply).1, 0);
+    let (port, new) = s.rt.block_on(enip_device());
+    let config = enip_relay_config(enip_device_config(port, 4, Duration::from_secs(2)));
+    s.relay.reload(engine(), config).expect("reload");
+    // The old device's session unregisters (nothing was in flight); the next read goes to the new device.
+    let until = Instant::now() + BOUND;
+    while old.of(frames::UNREGISTER_SESSION).is_empty() {
+        assert!(Instant::now() < until, "the retired session never unregistered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The connection identifies its principal again under the new generation, then decides and forwards.
+    s.rt.block_on(write(&mut client, &send_rr(handle, b"after!!!", &read_tag("recipe"))));
+    s.cp.wait(&s.relay, Some("operator"), |e| matches!(e, Event::Identify { .. }));
+    let reply = s.rt.block_on(read_message(&mut client));
+    assert_eq!(cip_status(&reply).1, 0);
+    assert_eq!((old.of(frames::SEND_RR_DATA).len(), new.of(frames::SEND_RR_DATA).len()), (1, 1));
     s.stop();
 }

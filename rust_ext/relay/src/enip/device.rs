@@ -1,6 +1,7 @@
 //! One EtherNet/IP device of the generation in force (docs/enip-conduit.md, "Sessions", "ListIdentity",
-//! "Device faults"): how many links it holds, the connect backoff, and the identity learned for ListIdentity.
-//! The links themselves belong to the client connections (link.rs); a slot counts one while it lives.
+//! "Device faults"; docs/relay.md, "Shared session"): how many links it holds, the connect backoff, the
+//! identity learned for ListIdentity, and the shared session's task. Dedicated links belong to the client
+//! connections (link.rs), the shared one to its own task (shared.rs); a slot counts one while it lives.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,9 +10,13 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
 use super::frames;
+use super::link::{Link, Pending};
+use super::shared;
 use crate::config::{EnipDeviceConfig, BACKOFF_FIRST, BACKOFF_MAX};
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -46,6 +51,15 @@ pub struct EnipDevice {
     /// Attempts to learn the identity that ended: a caller that waited on one takes its answer, as the
     /// Python conduit's waiters do, instead of asking once more each.
     asked: AtomicU64,
+    /// The shared session's task, while one runs (a send that fails means it ended: another is started).
+    shared: Mutex<Option<SharedTask>>,
+    /// Tells the shared session's task that the device was retired.
+    retired_tx: watch::Sender<bool>,
+}
+
+struct SharedTask {
+    tx: mpsc::UnboundedSender<Pending>,
+    task: JoinHandle<()>,
 }
 
 /// One link's place at the device: counted while it lives.
@@ -82,7 +96,50 @@ impl EnipDevice {
             retired: AtomicBool::new(false),
             identity: tokio::sync::Mutex::new(None),
             asked: AtomicU64::new(0),
+            shared: Mutex::new(None),
+            retired_tx: watch::channel(false).0,
         })
+    }
+
+    /// Whether clients without connections of their own share one session here: from `max_connections` 2
+    /// on (the shared session is one of them). A device that takes one session keeps it for one client at a
+    /// time, as the Python conduit does, so that a client can still open connections there.
+    pub fn shares(&self) -> bool {
+        self.config.max_connections >= 2
+    }
+
+    /// Sends an unconnected message on the device's shared session, starting the session's task when none
+    /// runs (it takes a link slot: refused as `open_link` refuses; the message is then dropped unanswered,
+    /// for the caller to answer). Must be called on the relay's runtime.
+    pub(crate) fn share(self: &Arc<Self>, mut pending: Pending) -> Result<(), Refusal> {
+        let mut running = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = running.as_ref() {
+            match task.tx.send(pending) {
+                Ok(()) => return Ok(()),
+                // The task ended (its link did) since: start another.
+                Err(mpsc::error::SendError(back)) => pending = back,
+            }
+        }
+        let slot = match self.open_link() {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // Not for the shared session to answer.
+                pending.reply_to = None;
+                return Err(refusal);
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        // A fresh channel whose receiver is alive: the send cannot fail.
+        let _ = tx.send(pending);
+        let task = tokio::spawn(shared::run(Link::open(slot), rx, self.retired_tx.subscribe()));
+        *running = Some(SharedTask { tx, task });
+        Ok(())
+    }
+
+    /// The shared session's task, to wait for it as the relay stops (after `retire`).
+    pub fn take_shared_task(&self) -> Option<JoinHandle<()>> {
+        let mut running = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        running.take().map(|t| t.task)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -147,6 +204,7 @@ impl EnipDevice {
     /// A reload replaced this device (or the relay stops): no new links; open ones finish what is in flight.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.retired_tx.send_replace(true);
     }
 
     pub fn is_retired(&self) -> bool {

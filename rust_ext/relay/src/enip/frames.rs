@@ -460,6 +460,13 @@ pub fn set_session(frame: &mut [u8], session: u32) {
     }
 }
 
+/// The message under another sender context, in place (bytes too few to hold one are left as they are).
+pub fn set_context(frame: &mut [u8], context: &[u8; 8]) {
+    if let Some(field) = frame.get_mut(12..20) {
+        field.copy_from_slice(context);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Expected bytes are what zonegate/dataplane/enip_frames.py writes for the same inputs (pasted as hex).

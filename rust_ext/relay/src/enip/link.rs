@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use zonegate_core::enip::{split, Split};
 use zonegate_core::policy::EnipSession;
@@ -31,9 +32,15 @@ use crate::listener::{INITIAL_BUFFER, SHUTDOWN_TIMEOUT};
 
 /// One forwarded message, from the client's write to the device's reply or the gateway's answer.
 pub(crate) struct Pending {
-    /// The message: under the client's handle until sent, under the link's after.
+    /// The message: under the client's handle and sender context until sent, under the link's after (a shared
+    /// session gives it a context of its own: shared.rs).
     frame: Vec<u8>,
     client_session: u32,
+    client_context: [u8; 8],
+    /// Where the answer goes when the message travels on a device's shared session (another task's link).
+    pub reply_to: Option<mpsc::UnboundedSender<Done>>,
+    /// Sent to the shared session (its answer comes from there).
+    pub shared: bool,
     /// The outer CIP service: the gateway's answer is a reply to it.
     pub service: u8,
     /// The connection's T->O id for a SendUnitData (the gateway answers on it).
@@ -58,14 +65,43 @@ impl Pending {
         deadline: Instant,
         opens: bool,
     ) -> Self {
-        let client_session = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        Pending { frame, client_session, service, t_o, arrived, deadline, sent: None, upstream: Duration::ZERO, opens }
+        let header = frames::header(&frame);
+        Pending {
+            client_session: header.session,
+            client_context: header.sender_context,
+            frame,
+            reply_to: None,
+            shared: false,
+            service,
+            t_o,
+            arrived,
+            deadline,
+            sent: None,
+            upstream: Duration::ZERO,
+            opens,
+        }
     }
 
-    /// The message as the client sent it (its own handle).
+    /// The message as the client sent it (its own handle and sender context).
     pub fn client_frame(&mut self) -> &[u8] {
-        frames::set_session(&mut self.frame, self.client_session);
+        self.restore_client();
         &self.frame
+    }
+
+    /// The message goes out under `context` (the shared session's own, so that replies find it).
+    pub fn set_context(&mut self, context: &[u8; 8]) {
+        frames::set_context(&mut self.frame, context);
+    }
+
+    fn restore_client(&mut self) {
+        frames::set_session(&mut self.frame, self.client_session);
+        frames::set_context(&mut self.frame, &self.client_context);
+    }
+
+    /// The device's reply under the client's handle and sender context.
+    fn reply_to_client(&self, reply: &mut [u8]) {
+        frames::set_session(reply, self.client_session);
+        frames::set_context(reply, &self.client_context);
     }
 
     /// Appends the gateway's answer (0x01 / 0x0204 to the outer service).
@@ -75,10 +111,48 @@ impl Pending {
     }
 }
 
+/// A shared session's message that no answer went out for (its task ended abnormally) still gets one: the
+/// gateway's, so that its client is never left waiting.
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(tx) = self.reply_to.take() else { return };
+        let pending = Pending {
+            frame: std::mem::take(&mut self.frame),
+            client_session: self.client_session,
+            client_context: self.client_context,
+            reply_to: None,
+            shared: self.shared,
+            service: self.service,
+            t_o: self.t_o,
+            arrived: self.arrived,
+            deadline: self.deadline,
+            sent: self.sent,
+            upstream: self.upstream,
+            opens: self.opens,
+        };
+        let _ = tx.send(Done { pending, reply: None });
+    }
+}
+
 /// A message's answer: `reply` is the device's (under the client's handle), None for the gateway's.
 pub(crate) struct Done {
     pub pending: Pending,
     pub reply: Option<Vec<u8>>,
+}
+
+impl Done {
+    /// Hands the answer to the client task that is waiting for it, when that is another task's (shared.rs);
+    /// else gives it back.
+    pub fn route(mut self) -> Option<Done> {
+        match self.pending.reply_to.take() {
+            // A client that left drops its receiver: nothing to do then.
+            Some(tx) => {
+                let _ = tx.send(self);
+                None
+            }
+            None => Some(self),
+        }
+    }
 }
 
 /// How a device's reply answers a request: as it is, or moved to the T->O id (`frames::on_t_o`).
@@ -192,6 +266,8 @@ impl Queue {
 pub(crate) enum Io {
     Connected(io::Result<TcpStream>),
     Read(io::Result<usize>),
+    /// The device can take more of what is left to write (or the socket failed).
+    Writable(io::Result<()>),
     /// The earliest deadline came.
     Deadline,
 }
@@ -214,8 +290,12 @@ pub(crate) struct Link {
     queue: Queue,
     buf: Vec<u8>,
     filled: usize,
-    /// Bytes for the device, written together by `flush`.
+    /// Bytes for the device, written together by `flush`; `written` of them went out. What the device does not
+    /// take at once is written as it does (`poll_io`), replies read meanwhile.
     wire: Vec<u8>,
+    written: usize,
+    /// Since when the device has taken none of what is left to write: past its timeout the link is lost.
+    stalled: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
     timer_at: Option<Instant>,
     closed: bool,
@@ -241,6 +321,8 @@ impl Link {
             buf: Vec::new(),
             filled: 0,
             wire: Vec::new(),
+            written: 0,
+            stalled: None,
             timer: None,
             timer_at: None,
             closed: false,
@@ -294,6 +376,11 @@ impl Link {
                 }
             }
             Socket::Open(stream) => {
+                if self.written < self.wire.len() {
+                    if let Poll::Ready(result) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(Io::Writable(result));
+                    }
+                }
                 if self.filled == self.buf.len() {
                     if self.buf.len() >= MAX_ENIP_BUFFER {
                         return Poll::Ready(Io::Read(Err(io::Error::other("reply buffer full"))));
@@ -309,10 +396,8 @@ impl Link {
             }
             Socket::Closed => {}
         }
-        let earliest = match (self.register_deadline, self.queue.earliest()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let stalled = self.stalled.map(|since| since + self.timeout());
+        let earliest = [self.register_deadline, self.queue.earliest(), stalled].into_iter().flatten().min();
         let Some(at) = earliest else { return Poll::Pending };
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
         if self.timer_at != Some(at) {
@@ -346,6 +431,8 @@ impl Link {
                 self.filled += n;
                 self.replies(session, t_o, done);
             }
+            Io::Writable(Ok(())) => self.flush(done),
+            Io::Writable(Err(_)) => self.end(true, done),
             Io::Deadline => self.sweep(done),
         }
     }
@@ -396,7 +483,16 @@ impl Link {
             }
             return;
         }
-        let answered = self.queue.take_answered(|request| accept_reply(session, t_o, request, reply));
+        // Only connected messages are matched by connection and sequence; any other reply carries the
+        // request's sender context, which rules out most messages in flight before parsing them.
+        let context = reply.get(12..20);
+        let answered = self.queue.take_answered(|request| {
+            let command = u16::from_le_bytes([request[0], request[1]]);
+            if command != frames::SEND_UNIT_DATA && request.get(12..20) != context {
+                return None;
+            }
+            accept_reply(session, t_o, request, reply)
+        });
         let Some((mut pending, fixed)) = answered else {
             self.fault("unmatched_reply");
             return;
@@ -405,12 +501,17 @@ impl Link {
         let device = self.device();
         device.metrics.upstream_latency(&device.label, pending.upstream.as_secs_f64());
         let mut reply = fixed.unwrap_or_else(|| reply.to_vec());
-        frames::set_session(&mut reply, pending.client_session);
+        pending.reply_to_client(&mut reply);
         done.push(Done { pending, reply: Some(reply) });
     }
 
     fn sweep(&mut self, done: &mut Vec<Done>) {
         let now = Instant::now();
+        if self.stalled.is_some_and(|since| since + self.timeout() <= now) {
+            // The device took nothing for its whole timeout: as if it had gone.
+            self.end(true, done);
+            return;
+        }
         if self.register_deadline.is_some_and(|d| d <= now) {
             self.device().connect_failed("no session registered in time");
             self.abort("timeout", done);
@@ -444,31 +545,39 @@ impl Link {
         self.buf = Vec::new();
         self.filled = 0;
         self.wire.clear();
+        self.written = 0;
+        self.stalled = None;
         self.register_deadline = None;
         let mut lost = Vec::new();
         self.queue.take_all(&mut lost);
         done.extend(lost.into_iter().map(|pending| Done { pending, reply: None }));
     }
 
-    /// Writes what was sent since the last flush, in one write; a device that does not take it within its
-    /// timeout has lost the link.
-    pub async fn flush(&mut self, done: &mut Vec<Done>) {
-        if self.wire.is_empty() {
+    /// Writes what was sent since the last flush, in one write, as far as the device takes it now; the rest
+    /// goes as it takes more (`poll_io`). Never waits.
+    pub fn flush(&mut self, done: &mut Vec<Done>) {
+        // Sent once connected (the register request comes first then).
+        let Socket::Open(stream) = &self.socket else { return };
+        while self.written < self.wire.len() {
+            match stream.try_write(&self.wire[self.written..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.written += n;
+                    self.stalled = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stalled.get_or_insert_with(Instant::now);
+                    return;
+                }
+                Err(_) => break,
+            }
+        }
+        if self.written < self.wire.len() {
+            self.end(true, done);
             return;
         }
-        let timeout = self.timeout();
-        let written = match &mut self.socket {
-            Socket::Open(stream) => {
-                matches!(tokio::time::timeout(timeout, stream.write_all(&self.wire)).await, Ok(Ok(())))
-            }
-            // Sent once connected (the register request comes first then).
-            Socket::Connecting(_) => return,
-            Socket::Closed => false,
-        };
         self.wire.clear();
-        if !written {
-            self.end(true, done);
-        }
+        self.written = 0;
     }
 
     /// Ends zonegate's session with the device: what was sent goes first, then UnRegisterSession, then the
@@ -485,8 +594,9 @@ impl Link {
                 self.wire.extend_from_slice(&frames::unregister_request(self.session));
             }
             let wire = std::mem::take(&mut self.wire);
+            let rest = &wire[self.written..];
             let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
-                stream.write_all(&wire).await?;
+                stream.write_all(rest).await?;
                 stream.shutdown().await
             })
             .await;
@@ -510,6 +620,31 @@ mod tests {
 
     fn pending(n: u8, arrived: Instant, deadline: Instant) -> Pending {
         Pending::new(message(0xC1, n), 0x4C, None, arrived, deadline, false)
+    }
+
+    #[test]
+    fn a_shared_message_gets_exactly_one_answer_routed_or_dropped() {
+        let t = Instant::now();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Routed: the owner gets it once, under its own context again.
+        let mut p = pending(5, t, t + Duration::from_secs(1));
+        p.reply_to = Some(tx.clone());
+        p.set_context(&[9; 8]);
+        assert!(Done { pending: p, reply: None }.route().is_none());
+        let Done { pending: mut answered, reply } = rx.try_recv().unwrap();
+        assert!(reply.is_none());
+        assert_eq!(answered.client_frame()[12..20], [5, 0, 0, 0, 0, 0, 0, 0]);
+        drop(answered);
+        assert!(rx.try_recv().is_err());
+        // Dropped unanswered (its task gone): the gateway's answer still reaches the owner.
+        let mut p = pending(6, t, t + Duration::from_secs(1));
+        p.reply_to = Some(tx);
+        drop(p);
+        let Done { pending: answered, reply } = rx.try_recv().unwrap();
+        assert!(reply.is_none() && answered.reply_to.is_none());
+        assert!(rx.try_recv().is_err());
+        // Not a shared message: handed back to the caller.
+        assert!(Done { pending: pending(7, t, t), reply: None }.route().is_some());
     }
 
     #[test]

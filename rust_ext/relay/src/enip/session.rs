@@ -5,7 +5,7 @@
 //! ListIdentity look-ups, the principal's identification, the stop notice and the idle timer. Answers ready
 //! when the task runs are written to the client in one write, messages for the device in another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use zonegate_core::enip::{flatten, parse_request, split, Access, Split};
 use zonegate_core::policy::{CipDecision, CipReason, EnipSession, Verdict};
@@ -34,6 +34,9 @@ use crate::{Generation, Shared, NO_DEVICE};
 const MAX_CELLS: usize = 32;
 /// Forward Open and Large Forward Open: a reply to a message holding one may name a connection.
 const FORWARD_OPENS: [u8; 2] = [0x54, 0x5B];
+/// The Connection Manager services that open or close a connection: tied to the session they are sent on, so
+/// never on the device's shared session.
+const CONNECTION_SERVICES: [u8; 3] = [0x54, 0x5B, 0x4E];
 
 /// A counter's key within one connection and principal: (function, verdict, reason).
 type CellKey = (&'static str, u8, &'static str);
@@ -79,12 +82,15 @@ struct Summary {
     writes: bool,
     /// Any leaf a (Large) Forward Open, or leaves unknown.
     opens: bool,
+    /// Any leaf a (Large) Forward Open or a Forward Close, or leaves unknown: the message needs the client's
+    /// own link.
+    connects: bool,
 }
 
 impl Summary {
     /// Flattens only a container: a plain request is its own single leaf.
     fn of(cip: Option<&[u8]>, denied_leaf: Option<u32>) -> Summary {
-        const UNREAD: Summary = Summary { function: "other", writes: false, opens: true };
+        const UNREAD: Summary = Summary { function: "other", writes: false, opens: true, connects: true };
         let Some(cip) = cip else { return UNREAD };
         let Ok(request) = parse_request(cip) else { return UNREAD };
         if !request.service.is_container() {
@@ -92,16 +98,20 @@ impl Summary {
                 function: request.service.name().unwrap_or("other"),
                 writes: request.service.access() == Access::Write,
                 opens: FORWARD_OPENS.contains(&request.code),
+                connects: CONNECTION_SERVICES.contains(&request.code),
             };
         }
         let Ok(leaves) = flatten(cip) else { return UNREAD };
-        let Some(first) = leaves.first() else { return Summary { function: "other", writes: false, opens: false } };
+        let Some(first) = leaves.first() else {
+            return Summary { function: "other", writes: false, opens: false, connects: false };
+        };
         let index = denied_leaf.unwrap_or(0) as usize;
         let deciding = leaves.get(index).unwrap_or(first);
         Summary {
             function: deciding.request.service.name().unwrap_or("other"),
             writes: leaves.iter().any(|l| l.request.service.access() == Access::Write),
             opens: leaves.iter().any(|l| FORWARD_OPENS.contains(&l.request.code)),
+            connects: leaves.iter().any(|l| CONNECTION_SERVICES.contains(&l.request.code)),
         }
     }
 }
@@ -149,7 +159,8 @@ pub(crate) async fn serve<S: ClientStream>(
     der: Option<Vec<u8>>,
     asked: &AtomicBool,
 ) {
-    let mut client = Client::new(shared.clone(), index, label.clone(), conn_id, local);
+    let (shared_tx, mut from_shared) = mpsc::unbounded_channel::<Done>();
+    let mut client = Client::new(shared.clone(), index, label.clone(), conn_id, local, shared_tx);
     let mut stop = shared.stop_notice(conn_id);
     let mut link: Option<Link> = None;
     let mut lookups = Lookups::default();
@@ -173,6 +184,7 @@ pub(crate) async fn serve<S: ClientStream>(
         // Answers from the last wake first: a link that ended is gone before the next message looks for one.
         client.finish_all(&mut done, &mut out);
         client.check_link(&mut link).await;
+        client.release_held(&mut link, &mut done);
         if identifying.is_none() && !closing && filled > 0 {
             if shared.generation_number() != client.principal_generation {
                 client.refresh();
@@ -187,7 +199,7 @@ pub(crate) async fn serve<S: ClientStream>(
             }
         }
         if let Some(l) = link.as_mut() {
-            l.flush(&mut done).await;
+            l.flush(&mut done);
         }
         client.finish_all(&mut done, &mut out);
         client.check_link(&mut link).await;
@@ -217,6 +229,13 @@ pub(crate) async fn serve<S: ClientStream>(
             io = std::future::poll_fn(|cx| link.as_mut().expect("guarded").poll_io(cx)), if link.is_some() => {
                 if let Some(l) = link.as_mut() {
                     l.on_io(io, &mut client.session, &client.t_o, &mut done);
+                }
+            }
+            answer = from_shared.recv(), if client.on_shared > 0 => {
+                // The client holds a sender itself: the channel never ends.
+                done.extend(answer);
+                while let Ok(answer) = from_shared.try_recv() {
+                    done.push(answer);
                 }
             }
             () = std::future::poll_fn(|cx| lookups.poll_done(cx, &mut found)), if !lookups.waiting.is_empty() => {
@@ -283,12 +302,25 @@ struct Client {
     t_o: HashMap<u32, u32>,
     /// Messages forwarded and ListIdentity look-ups not answered yet.
     outstanding: usize,
+    /// Where the device's shared session answers this client's messages (serve's receiver), and how many
+    /// of them it has not answered yet.
+    shared_tx: mpsc::UnboundedSender<Done>,
+    on_shared: usize,
+    /// Messages for the client's link waiting for `on_shared` to reach 0.
+    held: VecDeque<Pending>,
     cells: Vec<(CellKey, RequestCell)>,
     gateway_latency: Arc<LatencyCell>,
 }
 
 impl Client {
-    fn new(shared: Arc<Shared>, index: usize, label: Arc<str>, conn_id: u64, local: Option<SocketAddr>) -> Client {
+    fn new(
+        shared: Arc<Shared>,
+        index: usize,
+        label: Arc<str>,
+        conn_id: u64,
+        local: Option<SocketAddr>,
+        shared_tx: mpsc::UnboundedSender<Done>,
+    ) -> Client {
         let generation = shared.current();
         let gateway_latency = shared.metrics.gateway_latency_cell(&label);
         let mut client = Client {
@@ -308,6 +340,9 @@ impl Client {
             session: EnipSession::new(),
             t_o: HashMap::new(),
             outstanding: 0,
+            shared_tx,
+            on_shared: 0,
+            held: VecDeque::new(),
             cells: Vec::new(),
             gateway_latency,
         };
@@ -417,7 +452,8 @@ impl Client {
         let summary = if relayed(command) {
             Summary::of(cip, decision.denied_leaf)
         } else {
-            Summary { function: frames::command_name(command).unwrap_or("other"), writes: false, opens: false }
+            let function = frames::command_name(command).unwrap_or("other");
+            Summary { function, writes: false, opens: false, connects: false }
         };
         self.count(summary.function, decision.verdict as u8, decision.reason.name());
         // The outer service a refusal or the gateway's answer replies to.
@@ -444,7 +480,8 @@ impl Client {
         }
         match command {
             frames::SEND_RR_DATA | frames::SEND_UNIT_DATA => {
-                self.forward(frame, service, t_o, summary.opens, out, link, done)
+                let shareable = command == frames::SEND_RR_DATA && !summary.connects;
+                self.forward(frame, service, t_o, summary.opens, shareable, out, link, done)
             }
             frames::REGISTER_SESSION => self.register(frame, out),
             // No reply; the link unregisters zonegate's session with the device once in-flight is answered.
@@ -477,6 +514,10 @@ impl Client {
         }
     }
 
+    /// Forwards an allowed message: on the device's shared session when it is `shareable` (unconnected, no
+    /// connection opened or closed) and the client holds no link of its own, else on the client's link. A
+    /// message for the link waits while the client's earlier messages are on the shared session, so that the
+    /// device sees them in the order the client sent them.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
@@ -484,10 +525,30 @@ impl Client {
         service: u8,
         t_o: Option<u32>,
         opens: bool,
+        shareable: bool,
         out: &mut Vec<u8>,
         link: &mut Option<Link>,
         done: &mut Vec<Done>,
     ) {
+        let deadline = self.now + self.listener().request_timeout;
+        let shares = self.device.as_ref().is_some_and(|d| d.shares());
+        if shareable && shares && link.is_none() && self.held.is_empty() && self.session.connections() == 0 {
+            let device = self.device.clone().expect("shares: a device");
+            let mut pending = Pending::new(frame.to_vec(), service, t_o, self.now, deadline, opens);
+            pending.reply_to = Some(self.shared_tx.clone());
+            pending.shared = true;
+            match device.share(pending) {
+                Ok(()) => {
+                    self.outstanding += 1;
+                    self.on_shared += 1;
+                }
+                Err(Refusal::Full) => {
+                    frames::push_cip_error(out, frame, service, frames::CIP_RESOURCE_UNAVAILABLE, &[], t_o)
+                }
+                Err(Refusal::Unavailable) => frames::push_unreachable(out, frame, service, t_o),
+            }
+            return;
+        }
         if link.is_none() {
             if let Some(device) = &self.device {
                 match device.open_link() {
@@ -504,15 +565,36 @@ impl Client {
             frames::push_unreachable(out, frame, service, t_o);
             return;
         };
-        let deadline = self.now + self.listener().request_timeout;
         self.outstanding += 1;
-        link.submit(Pending::new(frame.to_vec(), service, t_o, self.now, deadline, opens), done);
+        let pending = Pending::new(frame.to_vec(), service, t_o, self.now, deadline, opens);
+        if self.on_shared > 0 || !self.held.is_empty() {
+            self.held.push_back(pending);
+        } else {
+            link.submit(pending, done);
+        }
+    }
+
+    /// Once nothing of the client's is on the shared session, what waited for its link goes there (or gets
+    /// the gateway's answer if the link is gone).
+    fn release_held(&mut self, link: &mut Option<Link>, done: &mut Vec<Done>) {
+        if self.on_shared > 0 || self.held.is_empty() {
+            return;
+        }
+        for pending in self.held.drain(..) {
+            match link.as_mut() {
+                Some(link) => link.submit(pending, done),
+                None => done.push(Done { pending, reply: None }),
+            }
+        }
     }
 
     /// Answers that came back (the device's replies and the gateway's answers), in the order they came.
     fn finish_all(&mut self, done: &mut Vec<Done>, out: &mut Vec<u8>) {
         for Done { mut pending, reply } in done.drain(..) {
             self.outstanding = self.outstanding.saturating_sub(1);
+            if pending.shared {
+                self.on_shared = self.on_shared.saturating_sub(1);
+            }
             let total = pending.arrived.elapsed();
             self.gateway_latency.observe(total.saturating_sub(pending.upstream).as_secs_f64());
             match reply {
@@ -608,7 +690,7 @@ mod tests {
     #[test]
     fn a_plain_request_is_its_own_leaf() {
         let s = Summary::of(Some(&with_elements(&READ_TAG)), None);
-        assert_eq!(s, Summary { function: "read_tag", writes: false, opens: false });
+        assert_eq!(s, Summary { function: "read_tag", writes: false, opens: false, connects: false });
     }
 
     #[test]
@@ -625,7 +707,7 @@ mod tests {
         msp.extend_from_slice(&read);
         msp.extend_from_slice(&write);
         let first = Summary::of(Some(&msp), None);
-        assert_eq!(first, Summary { function: "read_tag", writes: true, opens: false });
+        assert_eq!(first, Summary { function: "read_tag", writes: true, opens: false, connects: false });
         assert_eq!(Summary::of(Some(&msp), Some(1)).function, "write_tag");
         // Out of range: the first leaf, as the Python conduit reads it.
         assert_eq!(Summary::of(Some(&msp), Some(9)).function, "read_tag");
@@ -633,8 +715,11 @@ mod tests {
 
     #[test]
     fn an_unreadable_message_is_other_and_may_open() {
-        assert_eq!(Summary::of(None, None), Summary { function: "other", writes: false, opens: true });
-        assert_eq!(Summary::of(Some(&[0x4C]), None), Summary { function: "other", writes: false, opens: true });
+        assert_eq!(Summary::of(None, None), Summary { function: "other", writes: false, opens: true, connects: true });
+        assert_eq!(
+            Summary::of(Some(&[0x4C]), None),
+            Summary { function: "other", writes: false, opens: true, connects: true }
+        );
     }
 
     #[test]
@@ -858,7 +943,7 @@ mod conduit_tests {
     }
 
     #[test]
-    fn unregister_session_closes_the_client_and_the_links_session() {
+    fn unregister_session_closes_the_client_and_the_shared_session_ends_with_the_relay() {
         let (device_port, seen) = fake_device();
         let (relay, addr) = start(device_port);
         let mut client = TcpStream::connect(addr).unwrap();
@@ -872,8 +957,10 @@ mod conduit_tests {
         let mut rest = Vec::new();
         client.set_read_timeout(Some(BOUND)).unwrap();
         assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
-        assert_eq!(seen.recv_timeout(BOUND).unwrap(), (0x66, DEVICE_SESSION));
+        // The read went on the device's shared session, which outlives the client: it unregisters as the
+        // relay stops.
         relay.stop(Duration::from_secs(2));
+        assert_eq!(seen.recv_timeout(BOUND).unwrap(), (0x66, DEVICE_SESSION));
     }
 
     #[test]

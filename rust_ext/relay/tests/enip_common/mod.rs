@@ -25,6 +25,19 @@ pub const WRITE_TAG: u8 = 0x4D;
 
 // -- policy ---------------------------------------------------------------------------------------------------
 
+/// `engine()`, and the operator may also open and close connections.
+pub fn engine_with_connections() -> Arc<Engine> {
+    let ir = r#"{"version": 1, "mode": "enforce",
+        "principals": [{"name": "operator", "tls_roles": [], "subjects": [], "opcua_users": [],
+                        "sources": []}],
+        "devices": [{"name": "press-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 502, "units": null,
+                     "enip": {"host": "127.0.0.1", "port": 44818}}],
+        "rules": [{"id": "operator-reads-recipe", "principals": [0], "devices": [0], "units": null, "allow": [],
+                   "cip": [{"services": ["read_tag"], "tags": [{"parts": [{"name": "recipe", "elements": null}]}]},
+                           {"services": ["forward_open", "forward_close"]}]}]}"#;
+    Arc::new(Engine::from_json(ir).expect("valid IR"))
+}
+
 /// Principal `operator` (index 0) may Read Tag `recipe` on device `press-plc` (index 0); nothing else.
 pub fn engine() -> Arc<Engine> {
     let ir = r#"{"version": 1, "mode": "enforce",
@@ -128,6 +141,43 @@ pub fn cip_status(reply: &[u8]) -> (u8, u8, Vec<u16>) {
     (cip[0], cip[2], extended)
 }
 
+/// A class 3 Forward Open (to the Message Router, slot 0) with connection serial `serial`.
+pub fn forward_open(serial: u16) -> Vec<u8> {
+    let mut v = vec![0x54, 0x02, 0x20, 0x06, 0x24, 0x01]; // service, path: Connection Manager, instance 1
+    v.extend_from_slice(&[0x0A, 0x0E]); // priority / time tick, timeout ticks
+    v.extend_from_slice(&0u32.to_le_bytes()); // O->T connection id: the target picks it
+    v.extend_from_slice(&0x0002_0001u32.to_le_bytes()); // T->O connection id
+    v.extend_from_slice(&serial.to_le_bytes()); // connection serial
+    v.extend_from_slice(&0x4Du16.to_le_bytes()); // originator vendor
+    v.extend_from_slice(&0x1234_5678u32.to_le_bytes()); // originator serial
+    v.extend_from_slice(&[0x03, 0, 0, 0]); // timeout multiplier, reserved
+    v.extend_from_slice(&5_000_000u32.to_le_bytes()); // O->T RPI
+    v.extend_from_slice(&0x43F8u16.to_le_bytes()); // O->T parameters: 504 bytes, point to point
+    v.extend_from_slice(&5_000_000u32.to_le_bytes()); // T->O RPI
+    v.extend_from_slice(&0x43F8u16.to_le_bytes()); // T->O parameters
+    v.push(0xA3); // transport: server, application trigger, class 3
+    v.extend_from_slice(&[0x02, 0x01, 0x00, 0x20, 0x02]); // path, 2 words: port 1 slot 0, Message Router
+    v
+}
+
+/// The fake device's O->T connection id for a Forward Open with connection serial `serial`.
+pub fn o_t_id(serial: u16) -> u32 {
+    0xAA00_0000 | u32::from(serial)
+}
+
+/// The Forward Open reply data for `request` (the CIP request): the ids, the request's triad, its RPIs.
+fn forward_open_reply(request: &[u8]) -> Vec<u8> {
+    let data = &request[6..];
+    let serial = u16::from_le_bytes([data[10], data[11]]);
+    let mut v = o_t_id(serial).to_le_bytes().to_vec(); // O->T connection id, the device's
+    v.extend_from_slice(&data[6..10]); // T->O connection id, as asked
+    v.extend_from_slice(&data[10..18]); // connection serial, vendor, originator serial
+    v.extend_from_slice(&data[22..26]); // O->T API: the RPI
+    v.extend_from_slice(&data[28..32]); // T->O API
+    v.extend_from_slice(&[0, 0]); // application reply size, reserved
+    v
+}
+
 /// Reads one whole encapsulation message (bounded).
 pub async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
     let mut header = vec![0u8; HEADER_LEN];
@@ -166,8 +216,9 @@ pub const IDENTITY: &[u8] = b"\x01\x00\x00\x02\xaf\x12\xc0\xa8\x0a\x0c\0\0\0\0\0
 /// What the fake device saw, and how it answers.
 #[derive(Default)]
 pub struct Seen {
-    /// Every message it received, whole, in arrival order.
-    pub frames: Mutex<Vec<Vec<u8>>>,
+    /// Every message it received, whole, in arrival order, with the number of the connection it came on
+    /// (0 for the first accepted).
+    pub frames: Mutex<Vec<(usize, Vec<u8>)>>,
     pub accepted: AtomicUsize,
     mode: AtomicU8,
 }
@@ -186,12 +237,18 @@ impl Seen {
     }
 
     pub fn frames(&self) -> Vec<Vec<u8>> {
-        self.frames.lock().unwrap().clone()
+        self.frames.lock().unwrap().iter().map(|(_, f)| f.clone()).collect()
     }
 
     /// Received messages of `command`.
     pub fn of(&self, command: u16) -> Vec<Vec<u8>> {
         self.frames().into_iter().filter(|f| frames::header(f).command == command).collect()
+    }
+
+    /// Received messages of `command`, with the connection each came on.
+    pub fn on(&self, command: u16) -> Vec<(usize, Vec<u8>)> {
+        let frames = self.frames.lock().unwrap();
+        frames.iter().filter(|(_, f)| frames::header(f).command == command).cloned().collect()
     }
 }
 
@@ -203,14 +260,14 @@ pub async fn enip_device() -> (u16, Arc<Seen>) {
     let shared = seen.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            shared.accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve(stream, shared.clone()));
+            let connection = shared.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream, connection, shared.clone()));
         }
     });
     (port, seen)
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, seen: Arc<Seen>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, connection: usize, seen: Arc<Seen>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -223,7 +280,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, seen: Arc<Seen>
         while buf.len() >= HEADER_LEN && buf.len() >= HEADER_LEN + frames::header(&buf).length as usize {
             let used = HEADER_LEN + frames::header(&buf).length as usize;
             let frame: Vec<u8> = buf.drain(..used).collect();
-            seen.frames.lock().unwrap().push(frame.clone());
+            seen.frames.lock().unwrap().push((connection, frame.clone()));
             let header = frames::header(&frame);
             match header.command {
                 frames::REGISTER_SESSION => out.extend(message(
@@ -242,8 +299,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, seen: Arc<Seen>
                 frames::UNREGISTER_SESSION => return,
                 frames::SEND_RR_DATA => match seen.mode() {
                     Mode::Answer => {
-                        let service = frames::items(&frame).and_then(|i| i.cip()).and_then(|c| c.first().copied());
-                        let reply = [service.unwrap_or(0) | 0x80, 0, 0, 0]; // reply, reserved, status 0, no extended
+                        let cip = frames::items(&frame).and_then(|i| i.cip()).map(<[u8]>::to_vec).unwrap_or_default();
+                        let service = cip.first().copied();
+                        let mut reply = vec![service.unwrap_or(0) | 0x80, 0, 0, 0]; // reply, reserved, status 0
+                        if service == Some(0x54) {
+                            reply.extend(forward_open_reply(&cip));
+                        }
                         let mut r = send_rr(DEVICE_SESSION, &header.sender_context, &reply);
                         r[4..8].copy_from_slice(&DEVICE_SESSION.to_le_bytes());
                         out.extend(r);

@@ -1,0 +1,101 @@
+//! A device's shared session (docs/relay.md, "Shared session"): the unconnected messages of every client
+//! connection that holds no CIP connection of its own travel on one session of zonegate's with the device,
+//! as Modbus requests of many clients share a device connection. One task owns that link (link.rs).
+//!
+//! ```text
+//!  client task --Pending (reply_to: the client's channel)--> mpsc --> task: sender context := the session's next
+//!                                                                        --> link --> device
+//!  client task <--Done: the reply under the client's handle and context, or the gateway's answer-- link <-- device
+//! ```
+//!
+//! A device returns the sender context unchanged, so each message gets one no other message in flight has,
+//! and its reply is then checked against it as on a client's own link (`accept_reply`). What needs a
+//! connection (Forward Open, Large Forward Open, Forward Close, SendUnitData) never comes here: the device ties
+//! connections to the session they were opened on (session.rs decides which link a message takes).
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, watch};
+use zonegate_core::policy::EnipSession;
+
+use super::link::{Done, Link, Pending};
+
+/// Serves the shared session until its link ends (every message still held gets the gateway's answer), or,
+/// once the device is retired (or no longer takes messages), until what is in flight is answered; then
+/// unregisters and closes.
+pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>, mut retired: watch::Receiver<bool>) {
+    // Checks replies only: no connection is opened on this session, so its table stays empty.
+    let mut checker = EnipSession::new();
+    let no_connections = HashMap::new();
+    let mut done: Vec<Done> = Vec::new();
+    let mut contexts: u64 = 0;
+    let mut taking = true;
+    loop {
+        route(&mut done);
+        if link.is_closed() {
+            break;
+        }
+        let ending = !taking || *retired.borrow();
+        if ending && !link.busy() && rx.is_empty() {
+            rx.close();
+            // A message sent between the check and the close is still answered.
+            if rx.is_empty() {
+                link.close().await;
+                return;
+            }
+            taking = true;
+        }
+        link.flush(&mut done);
+        route(&mut done);
+        if link.is_closed() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            io = std::future::poll_fn(|cx| link.poll_io(cx)) => {
+                link.on_io(io, &mut checker, &no_connections, &mut done);
+            }
+            first = rx.recv(), if taking => match first {
+                Some(pending) => {
+                    submit(&mut link, pending, &mut contexts, &mut done);
+                    // Let the other tasks ready on this worker (clients answered by the last read, say) hand
+                    // over their messages first: they then go out in this session's next write, not one
+                    // write each (as a Modbus device connection does).
+                    tokio::task::yield_now().await;
+                    while let Ok(pending) = rx.try_recv() {
+                        submit(&mut link, pending, &mut contexts, &mut done);
+                    }
+                }
+                None => taking = false,
+            },
+            changed = retired.changed(), if !*retired.borrow() => {
+                if changed.is_err() {
+                    taking = false;
+                }
+            }
+        }
+    }
+    // The link ended. Its slot is free before the receiver closes, so the next message can start a session
+    // at once; what was sent to this one meanwhile gets the gateway's answer.
+    drop(link);
+    rx.close();
+    while let Ok(pending) = rx.try_recv() {
+        done.push(Done { pending, reply: None });
+    }
+    route(&mut done);
+}
+
+/// Gives the message the session's next sender context and hands it to the link.
+fn submit(link: &mut Link, mut pending: Pending, contexts: &mut u64, done: &mut Vec<Done>) {
+    *contexts = contexts.wrapping_add(1);
+    pending.set_context(&contexts.to_le_bytes());
+    link.submit(pending, done);
+}
+
+/// Every answer to the client task waiting for it.
+fn route(done: &mut Vec<Done>) {
+    for answer in done.drain(..) {
+        // Every shared message has an owner: nothing comes back.
+        let _ = answer.route();
+    }
+}
