@@ -1,9 +1,11 @@
 //! One EtherNet/IP client connection (docs/relay.md, "EtherNet/IP"; docs/enip-conduit.md, "A message's
-//! path"): frame, check the session, decide, refuse / answer / forward on the client's link, reply.
+//! path"): frame, check the session, decide, refuse / answer / forward on the device's shared session or the
+//! client's own link, reply.
 //!
 //! The task owns the client's stream and its link's (link.rs) and waits on both in one `select!`, with the
-//! ListIdentity look-ups, the principal's identification, the stop notice and the idle timer. Answers ready
-//! when the task runs are written to the client in one write, messages for the device in another.
+//! shared session's answers (shared.rs), the ListIdentity look-ups, the principal's identification, the stop
+//! notice and the idle timer. Answers ready when the task runs are written to the client in one write,
+//! messages for the link in another.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -25,29 +25,31 @@ pub const WRITE_TAG: u8 = 0x4D;
 
 // -- policy ---------------------------------------------------------------------------------------------------
 
-/// `engine()`, and the operator may also open and close connections.
-pub fn engine_with_connections() -> Arc<Engine> {
-    let ir = r#"{"version": 1, "mode": "enforce",
-        "principals": [{"name": "operator", "tls_roles": [], "subjects": [], "opcua_users": [],
-                        "sources": []}],
-        "devices": [{"name": "press-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 502, "units": null,
-                     "enip": {"host": "127.0.0.1", "port": 44818}}],
-        "rules": [{"id": "operator-reads-recipe", "principals": [0], "devices": [0], "units": null, "allow": [],
-                   "cip": [{"services": ["read_tag"], "tags": [{"parts": [{"name": "recipe", "elements": null}]}]},
-                           {"services": ["forward_open", "forward_close"]}]}]}"#;
-    Arc::new(Engine::from_json(ir).expect("valid IR"))
+/// The operator's Read Tag of `recipe`: the CIP entry `engine()` allows.
+const READ_RECIPE: &str = r#"{"services": ["read_tag"], "tags": [{"parts": [{"name": "recipe", "elements": null}]}]}"#;
+
+/// Principal `operator` (index 0) on device `press-plc` (index 0), allowed the CIP entries `cip` (JSON).
+fn engine_allowing(cip: &[&str]) -> Arc<Engine> {
+    let ir = format!(
+        r#"{{"version": 1, "mode": "enforce",
+        "principals": [{{"name": "operator", "tls_roles": [], "subjects": [], "opcua_users": [], "sources": []}}],
+        "devices": [{{"name": "press-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 502, "units": null,
+                     "enip": {{"host": "127.0.0.1", "port": 44818}}}}],
+        "rules": [{{"id": "operator-reads-recipe", "principals": [0], "devices": [0], "units": null, "allow": [],
+                   "cip": [{}]}}]}}"#,
+        cip.join(", ")
+    );
+    Arc::new(Engine::from_json(&ir).expect("valid IR"))
 }
 
-/// Principal `operator` (index 0) may Read Tag `recipe` on device `press-plc` (index 0); nothing else.
+/// Principal `operator` may Read Tag `recipe` on device `press-plc`; nothing else.
 pub fn engine() -> Arc<Engine> {
-    let ir = r#"{"version": 1, "mode": "enforce",
-        "principals": [{"name": "operator", "tls_roles": [], "subjects": [], "opcua_users": [],
-                        "sources": []}],
-        "devices": [{"name": "press-plc", "zone": "cell-a", "host": "127.0.0.1", "port": 502, "units": null,
-                     "enip": {"host": "127.0.0.1", "port": 44818}}],
-        "rules": [{"id": "operator-reads-recipe", "principals": [0], "devices": [0], "units": null, "allow": [],
-                   "cip": [{"services": ["read_tag"], "tags": [{"parts": [{"name": "recipe", "elements": null}]}]}]}]}"#;
-    Arc::new(Engine::from_json(ir).expect("valid IR"))
+    engine_allowing(&[READ_RECIPE])
+}
+
+/// `engine()`, and the operator may also open and close connections.
+pub fn engine_with_connections() -> Arc<Engine> {
+    engine_allowing(&[READ_RECIPE, r#"{"services": ["forward_open", "forward_close"]}"#])
 }
 
 pub fn enip_device_config(port: u16, max_connections: usize, timeout: Duration) -> EnipDeviceConfig {
