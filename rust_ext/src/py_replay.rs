@@ -5,6 +5,9 @@
 //! GIL released; Python gets one report object and formats it. Only the optional progress callback
 //! takes the GIL back, every few megabytes.
 
+// Clippy flags the error conversion `#[pyfunction]` generates for `replay_capture` (not code written here).
+#![allow(clippy::useless_conversion)]
+
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;

@@ -340,8 +340,9 @@ class Metrics(PoolObserver):
 
     # -- cached children: the data plane holds these and updates them in place, no lookup per request ----
 
-    def request_counts(self) -> dict[tuple[str, str, str, int, int, int], int]:
-        """The live request counter: (conduit, principal, device, fc, verdict, reason) -> count."""
+    def request_counts(self) -> dict[tuple[str, str, str, int | str, int, int | str], int]:
+        """The live request counter: (conduit, principal, device, fc, verdict, reason) -> count (EtherNet/IP
+        counts name the function and reason instead of numbering them)."""
         return self.per_request.requests
 
     def gateway_latency_series(self, conduit: str) -> list[float]:

@@ -695,7 +695,7 @@ fn arbitrary_frames_always_get_a_decision() {
             }
             _ => {}
         }
-        let d = e.decide((rnd() % 3) as u32, (rnd() % 3) as u32, &frame, i);
+        let d = e.decide(rnd() % 3, rnd() % 3, &frame, i);
         if d.reason == Reason::Malformed {
             assert!(!d.forward() && d.exception == Some(3) && d.malformed.is_some());
         }

@@ -164,7 +164,7 @@ fn arbitrary_bytes_never_panic_and_never_overrun() {
             .collect();
         match split(&buf) {
             Split::Complete { used } => assert!((8..=260).contains(&used) && used <= buf.len()),
-            Split::Incomplete { needed } => assert!(needed >= 1 && needed <= 260),
+            Split::Incomplete { needed } => assert!((1..=260).contains(&needed)),
             Split::Invalid(_) => {}
         }
     }

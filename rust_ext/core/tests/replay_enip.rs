@@ -46,7 +46,7 @@ fn replay_ir(ir_json: &str, capture: &[u8]) -> Report {
     replay_capture(capture, &mut engine, Targets::from_ir(&ir), ir.rules.len(), 1000, |_, _| {}).unwrap()
 }
 
-fn count<'a>(map: &'a std::collections::BTreeMap<Cow<'static, str>, u64>, key: &str) -> u64 {
+fn count(map: &std::collections::BTreeMap<Cow<'static, str>, u64>, key: &str) -> u64 {
     map.get(key).copied().unwrap_or(0)
 }
 
