@@ -389,3 +389,23 @@ fn a_reload_that_moves_the_device_retires_its_shared_session() {
     assert_eq!((old.of(frames::SEND_RR_DATA).len(), new.of(frames::SEND_RR_DATA).len()), (1, 1));
     s.stop();
 }
+
+#[test]
+fn a_client_pipelining_more_than_the_shared_session_takes_from_it_gets_every_answer_in_order() {
+    let (mut s, seen) = setup(None, 4, Duration::from_secs(2));
+    let seen = seen.unwrap();
+    let (mut client, handle) = s.registered();
+    // 12 reads in one write: past the listener's max_outstanding (10) and the per-client share of the session.
+    let batch: Vec<u8> =
+        (0..12u8).flat_map(|n| send_rr(handle, &[b'p', n, 0, 0, 0, 0, 0, 0], &read_tag("recipe"))).collect();
+    s.rt.block_on(write(&mut client, &batch));
+    for n in 0..12u8 {
+        let reply = s.rt.block_on(read_message(&mut client));
+        let h = frames::header(&reply);
+        assert_eq!((h.session, h.sender_context), (handle, [b'p', n, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(cip_status(&reply).1, 0);
+    }
+    assert_eq!(seen.of(frames::SEND_RR_DATA).len(), 12);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
+    s.stop();
+}

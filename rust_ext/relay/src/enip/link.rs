@@ -48,6 +48,9 @@ pub(crate) struct Pending {
     pub arrived: Instant,
     deadline: Instant,
     sent: Option<Instant>,
+    /// Where its bytes end in everything the link ever put on its wire: written whole once the link's count of
+    /// bytes written reaches it.
+    wire_end: u64,
     /// Time at the device, once it replied.
     pub upstream: Duration,
     /// Whether the message may hold a Forward Open (unknown: assume so): only then is the reply read for ids.
@@ -77,6 +80,7 @@ impl Pending {
             arrived,
             deadline,
             sent: None,
+            wire_end: 0,
             upstream: Duration::ZERO,
             opens,
         }
@@ -127,6 +131,7 @@ impl Drop for Pending {
             arrived: self.arrived,
             deadline: self.deadline,
             sent: self.sent,
+            wire_end: self.wire_end,
             upstream: self.upstream,
             opens: self.opens,
         };
@@ -234,12 +239,21 @@ impl Queue {
     }
 
     /// Marks `p` sent at `now` under `session`, bringing its deadline to `now + timeout` at the latest;
-    /// appends the bytes to `wire`.
-    pub fn send(&mut self, mut p: Pending, session: u32, now: Instant, timeout: Duration, wire: &mut Vec<u8>) {
+    /// appends the bytes to `wire`, whose first byte is the link's `base`-th.
+    pub fn send(
+        &mut self,
+        mut p: Pending,
+        session: u32,
+        now: Instant,
+        timeout: Duration,
+        wire: &mut Vec<u8>,
+        base: u64,
+    ) {
         frames::set_session(&mut p.frame, session);
         p.sent = Some(now);
         p.deadline = p.deadline.min(now + timeout);
         wire.extend_from_slice(&p.frame);
+        p.wire_end = base + wire.len() as u64;
         self.inflight.push(p);
     }
 
@@ -294,6 +308,8 @@ pub(crate) struct Link {
     /// take at once is written as it does (`poll_io`), replies read meanwhile.
     wire: Vec<u8>,
     written: usize,
+    /// Bytes the link wrote before `wire`'s first.
+    wire_base: u64,
     /// Since when the device has taken none of what is left to write: past its timeout the link is lost.
     stalled: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -322,6 +338,7 @@ impl Link {
             filled: 0,
             wire: Vec::new(),
             written: 0,
+            wire_base: 0,
             stalled: None,
             timer: None,
             timer_at: None,
@@ -361,7 +378,7 @@ impl Link {
         pending.deadline = pending.deadline.min(pending.arrived + self.timeout());
         if self.session != 0 {
             let timeout = self.timeout();
-            self.queue.send(pending, self.session, Instant::now(), timeout, &mut self.wire);
+            self.queue.send(pending, self.session, Instant::now(), timeout, &mut self.wire, self.wire_base);
         } else {
             self.queue.waiting.push_back(pending);
         }
@@ -475,7 +492,7 @@ impl Link {
                 self.device().connected();
                 let (now, timeout) = (Instant::now(), self.timeout());
                 while let Some(p) = self.queue.waiting.pop_front() {
-                    self.queue.send(p, self.session, now, timeout, &mut self.wire);
+                    self.queue.send(p, self.session, now, timeout, &mut self.wire, self.wire_base);
                 }
             } else {
                 self.device().connect_failed("no session registered");
@@ -519,9 +536,16 @@ impl Link {
         }
         let mut expired = Vec::new();
         self.queue.expire(now, &mut expired);
+        // A message answered for while part of it is still to be written must not reach the device after its
+        // client was told it failed (nor after what that client sent next): nothing more is written then.
+        let on_wire = self.wire_base + self.written as u64;
+        let unwritten = expired.iter().any(|p| p.sent.is_some() && p.wire_end > on_wire);
         for pending in expired {
             self.fault("timeout");
             done.push(Done { pending, reply: None });
+        }
+        if unwritten {
+            self.end(true, done);
         }
     }
 
@@ -576,6 +600,7 @@ impl Link {
             self.end(true, done);
             return;
         }
+        self.wire_base += self.wire.len() as u64;
         self.wire.clear();
         self.written = 0;
     }
@@ -652,8 +677,8 @@ mod tests {
         let t = Instant::now();
         let mut q = Queue::default();
         let mut wire = Vec::new();
-        q.send(pending(1, t, t + Duration::from_secs(1)), 0xD0, t, Duration::from_secs(5), &mut wire);
-        q.send(pending(2, t, t + Duration::from_secs(9)), 0xD0, t, Duration::from_secs(5), &mut wire);
+        q.send(pending(1, t, t + Duration::from_secs(1)), 0xD0, t, Duration::from_secs(5), &mut wire, 0);
+        q.send(pending(2, t, t + Duration::from_secs(9)), 0xD0, t, Duration::from_secs(5), &mut wire, 0);
         q.waiting.push_back(pending(3, t, t + Duration::from_secs(2)));
         q.waiting.push_back(pending(4, t, t + Duration::from_secs(20)));
         assert_eq!(q.earliest(), Some(t + Duration::from_secs(1)));
@@ -671,7 +696,7 @@ mod tests {
         let t = Instant::now();
         let mut q = Queue::default();
         let mut wire = Vec::new();
-        q.send(pending(7, t, t + Duration::from_secs(1)), 0xDEAD_BEEF, t, Duration::from_secs(1), &mut wire);
+        q.send(pending(7, t, t + Duration::from_secs(1)), 0xDEAD_BEEF, t, Duration::from_secs(1), &mut wire, 0);
         assert_eq!(&wire[4..8], &0xDEAD_BEEFu32.to_le_bytes());
         let mut all = Vec::new();
         q.take_all(&mut all);
@@ -685,7 +710,7 @@ mod tests {
         let mut q = Queue::default();
         let mut wire = Vec::new();
         for n in 1..=3 {
-            q.send(pending(n, t, t + Duration::from_secs(1)), 0xD0, t, Duration::from_secs(1), &mut wire);
+            q.send(pending(n, t, t + Duration::from_secs(1)), 0xD0, t, Duration::from_secs(1), &mut wire, 0);
         }
         // Both 2 and 3 would accept: the first sent is taken.
         let (p, fixed) = q.take_answered(|req| (req[12] >= 2).then_some(Accepted::AsIs)).unwrap();

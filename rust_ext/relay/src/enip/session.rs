@@ -34,6 +34,9 @@ use crate::{Generation, Shared, NO_DEVICE};
 
 /// Request counters a connection keeps handles on (bounded whatever mix of services a client sends).
 const MAX_CELLS: usize = 32;
+/// Messages one client may have on the device's shared session at once (fewer than `max_outstanding` when
+/// that is larger): the session is every client's, and a device takes one session's messages in turn.
+const MAX_SHARED_PER_CLIENT: usize = 4;
 /// Forward Open and Large Forward Open: a reply to a message holding one may name a connection.
 const FORWARD_OPENS: [u8; 2] = [0x54, 0x5B];
 /// The Connection Manager services that open or close a connection: tied to the session they are sent on, so
@@ -189,8 +192,12 @@ pub(crate) async fn serve<S: ClientStream>(
         client.release_held(&mut link, &mut done);
         if identifying.is_none() && !closing && filled > 0 {
             if shared.generation_number() != client.principal_generation {
-                client.refresh();
-                identifying = Some(ask_identity(shared, conn_id, label, asked, &peer_text, der.as_deref()));
+                // What went on the old device's shared session is answered first: nothing sent under the new
+                // generation (another session, maybe another device entry) overtakes it.
+                if client.on_shared == 0 {
+                    client.refresh();
+                    identifying = Some(ask_identity(shared, conn_id, label, asked, &peer_text, der.as_deref()));
+                }
             } else {
                 let used =
                     client.handle_frames(&buf[..filled], &mut out, &mut link, &mut lookups, &mut done, &mut closing);
@@ -214,8 +221,14 @@ pub(crate) async fn serve<S: ClientStream>(
         if client.outstanding == 0 && (closing || (eof && identifying.is_none())) {
             break;
         }
-        let can_read =
-            !closing && !eof && identifying.is_none() && client.outstanding < client.listener().max_outstanding;
+        // Waiting for the old generation's shared answers before the new one (above): not reading meanwhile.
+        let refreshing = shared.generation_number() != client.principal_generation && client.on_shared > 0;
+        let can_read = !closing
+            && !eof
+            && !refreshing
+            && identifying.is_none()
+            && client.outstanding < client.listener().max_outstanding
+            && client.on_shared < MAX_SHARED_PER_CLIENT;
         if can_read && filled == buf.len() {
             if buf.len() >= MAX_ENIP_BUFFER {
                 // Unreachable with a bounded length field, kept as the bound it is.
@@ -396,7 +409,8 @@ impl Client {
     ) -> usize {
         let now_ns = monotonic_ns();
         let mut pos = 0;
-        while !*closing && self.outstanding < self.listener().max_outstanding {
+        while !*closing && self.outstanding < self.listener().max_outstanding && self.on_shared < MAX_SHARED_PER_CLIENT
+        {
             match split(&buf[pos..]) {
                 Split::Complete { used } => {
                     let frame = &buf[pos..pos + used];

@@ -38,12 +38,18 @@ pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>
         let ending = !taking || *retired.borrow();
         if ending && !link.busy() && rx.is_empty() {
             rx.close();
-            // A message sent between the check and the close is still answered.
-            if rx.is_empty() {
-                link.close().await;
-                return;
+            // `recv` ends only once every send that had begun has landed: a message sent while the session
+            // was deciding to close is served, not lost.
+            match rx.recv().await {
+                None => {
+                    link.close().await;
+                    return;
+                }
+                Some(pending) => {
+                    submit(&mut link, pending, &mut contexts, &mut done);
+                    continue;
+                }
             }
-            taking = true;
         }
         link.flush(&mut done);
         route(&mut done);
@@ -79,7 +85,8 @@ pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>
     // at once; what was sent to this one meanwhile gets the gateway's answer.
     drop(link);
     rx.close();
-    while let Ok(pending) = rx.try_recv() {
+    // Until every send that had begun has landed (see above).
+    while let Some(pending) = rx.recv().await {
         done.push(Done { pending, reply: None });
     }
     route(&mut done);
