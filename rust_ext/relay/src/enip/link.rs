@@ -721,3 +721,95 @@ mod tests {
         assert_eq!(q.len(), 1);
     }
 }
+
+/// A link against a device that registers the session, then reads nothing more: the link writes without
+/// waiting, and gives up within the device's timeout.
+#[cfg(test)]
+mod stall_tests {
+    use std::sync::Arc;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpSocket;
+
+    use super::*;
+    use crate::config::EnipDeviceConfig;
+    use crate::events::Events;
+    use crate::metrics::Metrics;
+
+    /// A device whose connections take a little (a small receive buffer), answer RegisterSession, then
+    /// never read again (held open until the test ends).
+    async fn deaf_device() -> (u16, tokio::sync::oneshot::Sender<()>) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut register = [0u8; 28];
+            if stream.read_exact(&mut register).await.is_err() {
+                return;
+            }
+            let mut reply = register.to_vec();
+            reply[4..8].copy_from_slice(&0xD00Du32.to_le_bytes());
+            let _ = stream.write_all(&reply).await;
+            let _ = done_rx.await;
+        });
+        (port, done_tx)
+    }
+
+    /// A SendRRData of `len` bytes of data, sender context `n`.
+    fn big_message(n: u8, len: usize) -> Vec<u8> {
+        let mut m = vec![0u8; 24 + len];
+        m[0..2].copy_from_slice(&frames::SEND_RR_DATA.to_le_bytes());
+        m[2..4].copy_from_slice(&(len as u16).to_le_bytes());
+        m[12] = n;
+        m
+    }
+
+    #[tokio::test]
+    async fn a_device_that_stops_reading_loses_the_link_within_its_timeout() {
+        let (port, _hold) = deaf_device().await;
+        let config = EnipDeviceConfig {
+            name: "press-plc".into(),
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_millis(300),
+            max_connections: 2,
+            engine_index: 0,
+        };
+        let metrics = Arc::new(Metrics::new(vec![0.1]));
+        let events = Arc::new(Events::new().unwrap());
+        let device = EnipDevice::new(Arc::new(config), Arc::from("press-plc"), metrics.clone(), events);
+        let mut link = Link::open(device.open_link().unwrap());
+        let mut session = EnipSession::new();
+        let no_connections = HashMap::new();
+        let mut done = Vec::new();
+        // Far more than the kernel holds for a peer that does not read.
+        let count = 128u8;
+        let now = Instant::now();
+        for n in 0..count {
+            link.submit(
+                Pending::new(big_message(n, 60_000), 0x4C, None, now, now + Duration::from_secs(30), false),
+                &mut done,
+            );
+        }
+        let started = Instant::now();
+        let bound = started + Duration::from_secs(5);
+        while done.len() < usize::from(count) {
+            link.flush(&mut done);
+            let io = tokio::time::timeout_at(bound, std::future::poll_fn(|cx| link.poll_io(cx)))
+                .await
+                .expect("the link gives up within the bound");
+            link.on_io(io, &mut session, &no_connections, &mut done);
+        }
+        assert!(link.is_closed());
+        assert!(done.iter().all(|d| d.reply.is_none()), "every message gets the gateway's answer");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        let faults = metrics.snapshot().upstream_faults;
+        let fault = |kind: &str| faults.iter().find(|((_, k), _)| *k == kind).map_or(0, |(_, n)| *n);
+        // The messages past their deadline with bytes unwritten, or the stall: either ends the link.
+        assert!(fault("timeout") >= 1 || fault("connection_lost") == 1, "{faults:?}");
+    }
+}
