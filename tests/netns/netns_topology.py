@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -38,6 +41,19 @@ L3_GW, SCADA, SCRAPER, FLOODER = "10.3.0.1", "10.3.0.10", "10.3.0.11", "10.3.0.1
 CELL_GW, PLC, MASTER = "192.168.10.1", "192.168.10.11", "192.168.10.50"
 L3_GW6, SCADA6, SCRAPER6, FLOODER6 = "fd03::1", "fd03::10", "fd03::11", "fd03::12"
 CELL_GW6, PLC6, MASTER6 = "fd10::1", "fd10::11", "fd10::50"
+
+
+def audit_records(path: Path, until: Callable[[list[dict[str, Any]]], bool],
+                  timeout: float = STEP_TIMEOUT) -> list[dict[str, Any]]:
+    """The audit log's records once `until` holds of them, or as they stand at the deadline (the caller's
+    assert then shows what was missing). The box writes a record after it has answered the client (the Rust
+    relay hands it to the control plane), so a test that reads right after its answer must wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if until(records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.01)
 
 
 def netns_available() -> bool:

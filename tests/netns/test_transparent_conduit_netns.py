@@ -6,7 +6,6 @@ engine and relayed to the PLC; a denied write is answered by the box and never r
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -197,7 +196,8 @@ def test_denied_write_answers_exception_01_and_never_reaches_the_plc(rig: Rig) -
     assert rig.net.l3.run(_write_register(PLC, 502, SCADA, 5, 1234)) == 0x01
     assert rig.net.l3.run(topo.read_holding(PLC, 502, SCADA, 5, 1)) == [5]
     assert plc.requests[before:] == [3]
-    denied = [r for r in map(json.loads, rig.audit.read_text().splitlines()) if r["verdict"] == "deny"]
+    denied = [r for r in topo.audit_records(rig.audit, until=lambda records: any(
+        r["verdict"] == "deny" for r in records)) if r["verdict"] == "deny"]
     assert [(r["conduit"], r["device"], r["function_code"], r["principal"]["name"]) for r in denied] == [
         ("legacy", "press-plc", 6, "legacy-scada")]
 
