@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from zonegate.controlplane.pki import OPCUA_CLIENT_URI, DevPki, generate  # noqa: E402
 from zonegate.convert.opcua_server import node_id  # noqa: E402
+from zonegate.demo.stack import free_port  # noqa: E402
 
 NAMESPACE = "urn:zonegate:devices"
 # The client's youngest-generation threshold with --client-gc tuned: zonegate's own (opcua_server's
@@ -102,12 +103,6 @@ def groups_for(slow_tags: int, fast_tags: int) -> list[Group]:
     out = [Group(f"slow{i}", min(per_device, slow_tags - i * per_device), 1000)
            for i in range((slow_tags + per_device - 1) // per_device)]
     return out + [Group("fast0", fast_tags, 100)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from zonegate.controlplane.pki import DevPki, generate  # noqa: E402
+from zonegate.demo.stack import free_port  # noqa: E402
 
 REQUEST_TAIL = bytes.fromhex("0000 0006 01 03 0000 0001")  # after the tid: read holding register 0
 REPLY_LENGTH = 11
@@ -135,12 +136,6 @@ listeners:
 metrics: {{bind: 127.0.0.1:{metrics}}}
 audit: {{path: "-", max_per_second: 10}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the target: a fast Modbus/TCP server (its own process) ---------------------------------------------

@@ -53,16 +53,12 @@ def _serve(record: str, argv: list[str]) -> int:
     return int(main(argv=argv) or 0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EnipSimulator:
     """A cpppo Logix simulator with `tags` (e.g. `Line1_Speed=INT[10]`) on a loopback port."""
 
     def __init__(self, tmp: Path, tags: list[str], *, route_path: str | None = None, delay: float = 0.0) -> None:
+        from zonegate.demo.stack import free_port  # here: run as a script, this module imports no zonegate
+
         self.port = free_port()
         self.record = tmp / f"enip-sim-{self.port}.jsonl"
         self.tags = tags

@@ -4,13 +4,13 @@ device allows pipelining, at most max_connections, and fault answers instead of 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from zonegate.dataplane.config import DeviceSettings
 from zonegate.dataplane.upstream import DevicePool, Pending, PoolObserver
+from zonegate.demo.stack import free_port
 
 T = TypeVar("T")
 
@@ -186,9 +186,7 @@ def test_unreachable_device_backs_off_and_answers_0a_at_once() -> None:
             self.kinds.append(kind)
 
     async def main() -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()  # nothing listens there
         faults = Faults()
         pool = DevicePool(settings(port), observer=faults)
         first = await submit_all(pool, [request(1, 0)])

@@ -9,6 +9,7 @@ tour or a test can talk to them over real loopback sockets and then read their c
 from __future__ import annotations
 
 import os
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -25,11 +26,39 @@ from zonegate.dataplane.conduit import Conduit
 from zonegate.dataplane.enip_conduit import EnipConduit, start_enip
 
 
+_PICK = random.SystemRandom()  # not the `random` module's state, which property tests seed
+_given: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port, free now, that this process has not handed out before.
+
+    It lies outside the kernel's ephemeral range, so between this check and the bind of whatever it is for,
+    no outgoing connection (of this process or another) can be given it as its local port.
+    """
+    low, high = _ephemeral_range()
+    ports = [*range(20000, low), *range(high + 1, 65536)]
+    for _ in range(256):
+        port = _PICK.choice(ports) if ports else 0
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        _given.add(port)
+        return port
+    raise OSError("no free loopback port outside the ephemeral range")
 
 
 def client_ssl_context(
