@@ -300,6 +300,9 @@ class EnipSession:
     def observe_reply(self, request: bytes, reply: bytes, /) -> bool:
         """False when `reply` does not answer `request`; else applies Forward Open replies and Forward
         Close to the table and returns True."""
+    def unanswered(self, request: bytes, /) -> None:
+        """`request` got the gateway's answer, not the device's: a Forward Open in it is forgotten (its
+        triad free again, no longer counted in `connections`)."""
 
 def enip_split(buf: bytes, /) -> tuple[int, int]:
     """(COMPLETE, used), (INCOMPLETE, needed) or (INVALID, 1: length beyond the bound)."""

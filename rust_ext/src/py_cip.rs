@@ -211,6 +211,12 @@ impl PyEnipSession {
         self.inner.observe_reply(request, reply)
     }
 
+    /// `request` got the gateway's answer, not the device's: a Forward Open in it is forgotten.
+    #[pyo3(signature = (request, /))]
+    fn unanswered(&mut self, request: &[u8]) {
+        self.inner.unanswered(request)
+    }
+
     fn __repr__(&self) -> String {
         format!("EnipSession(connections={})", self.inner.connections())
     }

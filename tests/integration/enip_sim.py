@@ -2,8 +2,8 @@
 
 Run as a script it is `python -m cpppo.server.enip` with two additions: each block the server reads from
 a client is appended (peer, hex) to a record file before the server acts on it, so a test can tell
-exactly which messages reached the device; and `delay` holds each SendRRData that long before acting on
-it (a slow device whose sessions still register at once). cpppo is GPL: it is a test peer only, started as its own
+exactly which messages reached the device; and `delay` holds each SendRRData (or only those holding the
+bytes `slow`) that long before acting on it (a slow device whose sessions still register at once). cpppo is GPL: it is a test peer only, started as its own
 process, never imported by zonegate.
 
 `EnipSimulator` starts it on a free loopback port (bounded wait for its "running on" line) and reads the
@@ -35,6 +35,7 @@ def _serve(record: str, argv: list[str]) -> int:
 
     original = network.recv
     delay = float(os.environ.get("ENIP_SIM_DELAY", "0"))  # before acting on a SendRRData (a slow device)
+    slow = bytes.fromhex(os.environ.get("ENIP_SIM_SLOW", ""))  # only those holding these bytes, if given
 
     def recv(conn: socket.socket, timeout: float | None = None) -> Any:
         msg = original(conn, timeout=timeout)
@@ -45,7 +46,7 @@ def _serve(record: str, argv: list[str]) -> int:
                 peer = "?"
             with open(record, "a", encoding="ascii") as out:
                 out.write(json.dumps({"peer": peer, "data": bytes(msg).hex()}) + "\n")
-            if delay and bytes(msg[:2]) == b"\x6f\x00":
+            if delay and bytes(msg[:2]) == b"\x6f\x00" and slow in bytes(msg):
                 time.sleep(delay)
         return msg
 
@@ -56,7 +57,8 @@ def _serve(record: str, argv: list[str]) -> int:
 class EnipSimulator:
     """A cpppo Logix simulator with `tags` (e.g. `Line1_Speed=INT[10]`) on a loopback port."""
 
-    def __init__(self, tmp: Path, tags: list[str], *, route_path: str | None = None, delay: float = 0.0) -> None:
+    def __init__(self, tmp: Path, tags: list[str], *, route_path: str | None = None, delay: float = 0.0,
+                 slow: bytes = b"") -> None:
         from zonegate.demo.stack import free_port  # here: run as a script, this module imports no zonegate
 
         self.port = free_port()
@@ -64,13 +66,15 @@ class EnipSimulator:
         self.tags = tags
         self.route_path = route_path
         self.delay = delay
+        self.slow = slow  # with `delay`: only SendRRData messages holding these bytes are held
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> EnipSimulator:
         argv = ["--no-config", "-a", f"127.0.0.1:{self.port}", "-A", "-U"]
         if self.route_path is not None:
             argv += ["--route-path", self.route_path]
-        env = dict(os.environ, PYTHONPATH=str(_ROOT), ENIP_SIM_DELAY=str(self.delay))
+        env = dict(os.environ, PYTHONPATH=str(_ROOT), ENIP_SIM_DELAY=str(self.delay),
+                   ENIP_SIM_SLOW=self.slow.hex())
         self.process = subprocess.Popen(
             [sys.executable, __file__, str(self.record), *argv, *self.tags],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,

@@ -100,13 +100,13 @@ class Stack:
     """A policy with both EtherNet/IP listeners in front of one cpppo simulator."""
 
     def __init__(self, tmp: Path, pki: DevPki, *, relay: str = "python", mode: str = "enforce",
-                 device_timeout: str = "2s", delay: float = 0.0, device_port: int | None = None,
+                 device_timeout: str = "2s", delay: float = 0.0, slow: bytes = b"", device_port: int | None = None,
                  max_connections: int = 4) -> None:
         require(engine_ready(), "the engine has no EtherNet/IP binding (decide_enip, EnipSession)")
         self.relay = relay
         self.tmp = tmp
         self.pki = pki
-        self.sim = EnipSimulator(tmp, TAGS, delay=delay)
+        self.sim = EnipSimulator(tmp, TAGS, delay=delay, slow=slow)
         self.tls_port = free_port()
         self.plain_port = free_port()
         self.audit = tmp / "audit.jsonl"

@@ -64,6 +64,31 @@ def test_slow_device_times_out_and_the_late_reply_is_dropped(tmp_path: Path, pki
     run(stack.run(body))
 
 
+def test_a_late_reply_is_never_taken_for_a_later_message_under_the_same_context(
+    tmp_path: Path, pki: DevPki, relay: str
+) -> None:
+    # Reads of Line1_Speed[7] keep the device busy past its timeout; other messages do not. One device session
+    # (max_connections 1): the client's own link, on either relay.
+    stack = Stack(tmp_path, pki, relay=relay, device_timeout="600ms", delay=0.9,
+                  slow=wire.symbol("Line1_Speed", 7), max_connections=1)
+
+    async def body(stack: Stack) -> None:
+        session = await Session.open(stack.tls_port, client_ssl_context(pki, "operator"))
+        try:
+            assert (await session.rr(wire.write_tag("Line1_Speed", 1, values=(4321,)))).general_status == 0
+            late = await session.rr(wire.read_tag("Line1_Speed", 7), context=b"same-ctx")
+            assert (late.general_status, late.extended) == GATEWAY_UNREACHABLE
+            # Sent under the same context while the device still works on the first read: the device's late
+            # reply to that one (Line1_Speed[7]: 0) comes first and answers nothing; this read gets its own.
+            again = await session.rr(wire.read_tag("Line1_Speed", 1), context=b"same-ctx")
+            assert ints(again) == [4321]
+        finally:
+            await session.close()
+        assert stack.sample("zonegate_upstream_faults_total", device="press-plc", kind="unmatched_reply") == 1
+
+    run(stack.run(body))
+
+
 class MisbehavingDevice:
     """A device that registers sessions, then answers every request with a stranger's sender context."""
 
@@ -133,18 +158,24 @@ def test_a_device_with_no_session_to_spare_answers_resource_unavailable(tmp_path
             assert ints(await first.rr(wire.read_tag("Line1_Speed", 0))) == [0]
             busy = await second.rr(wire.read_tag("Line1_Speed", 0))
             assert busy.general_status == 0x02
+            # A Forward Open zonegate could not send opened nothing: the client may try the same one again.
+            busy = await second.rr(wire.forward_open(serial=0x51))
+            assert busy.general_status == 0x02
         finally:
             await first.close()
-        # the first client's session is closed with it: the second gets its own now
+        # the first client's session is closed with it: the second gets its own now, and its retried Forward
+        # Open is no duplicate
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
             while True:
-                reply = await second.rr(wire.read_tag("Line1_Speed", 0))
+                reply = await second.rr(wire.forward_open(serial=0x51))
                 if reply.general_status == 0:
                     break
+                assert reply.general_status == 0x02, reply.cip.hex()
                 assert loop.time() < deadline
                 await asyncio.sleep(0.02)
+            assert ints(await second.rr(wire.read_tag("Line1_Speed", 0))) == [0]
         finally:
             await second.close()
 

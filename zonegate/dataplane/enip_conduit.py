@@ -371,6 +371,7 @@ class EnipConduit:
                 self.metrics.upstream_fault(device.settings.name, "unavailable")
             elif len(device.links) >= device.settings.max_connections:
                 self.metrics.upstream_fault(device.settings.name, "queue_full")
+                client.session.unanswered(frame)
                 client.answer(frames.cip_error(frame, message.service(decision), CIP_RESOURCE_UNAVAILABLE,
                                                t_o_connection=t_o))
                 return
@@ -383,6 +384,7 @@ class EnipConduit:
             pending.opens = any(leaf[1] in _FORWARD_OPENS for leaf in message.leaves)
         if link is None:
             client.answer(pending.fault())
+            client.session.unanswered(frame)
             return
         client.outstanding += 1
         link.submit(pending)
@@ -390,6 +392,12 @@ class EnipConduit:
     def forwarded_reply(self, client: EnipClient, frame: bytes, pending: EnipPending) -> None:
         total = time.monotonic() - pending.started
         self.metrics.gateway_latency_observe(client.name, max(0.0, total - pending.upstream_seconds))
+        if pending.unanswered:
+            # The gateway answered: a Forward Open in it made no connection the client knows of (its retry is
+            # no duplicate).
+            if pending.opens:
+                client.session.unanswered(pending.frame)
+            return
         if pending.opens and frame[0:2] == _SEND_RR_DATA_BYTES:
             parsed = frames.items(frame)
             ids = frames.forward_open_ids(parsed.cip) if parsed is not None and parsed.cip else None

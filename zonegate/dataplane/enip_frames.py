@@ -113,9 +113,14 @@ def message(command: int, session: int, context: bytes, data: bytes = b"", statu
     return HEADER.pack(command, len(data), session, status, context, 0) + data
 
 
-def with_session(frame: bytes, session: int) -> bytes:
-    """The same message under another session handle (client handle <-> device handle)."""
-    return frame[:4] + session.to_bytes(4, "little") + frame[8:]
+def on_link(frame: bytes, session: int, context: int) -> bytes:
+    """The message as a link sends it: under the link's session handle and a sender context of the link's."""
+    return frame[:4] + session.to_bytes(4, "little") + frame[8:12] + context.to_bytes(8, "little") + frame[20:]
+
+
+def as_answer_to(reply: bytes, request: bytes) -> bytes:
+    """A device's reply under the session handle and sender context of `request` (the client's)."""
+    return reply[:4] + request[4:8] + reply[8:12] + request[12:20] + reply[20:]
 
 
 # -- Common Packet Format ----------------------------------------------------------------------------------

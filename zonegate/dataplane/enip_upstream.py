@@ -3,7 +3,10 @@
 A CIP device ties what a client opens (its session, its Forward Open connections) to the TCP connection
 it came on, so every client connection of the box gets its own `EnipLink`: a TCP connection on which
 zonegate registered its own session. The client never learns the device's session handle, nor the device
-the client's: each forwarded message gets the link's handle, each reply the client's back. A device holds
+the client's: each forwarded message gets the link's handle, each reply the client's back. Each message also
+goes under a sender context of the link's own (the reply gets the client's back): a client may reuse its
+contexts, and a device's late reply to a message the gateway already answered for must match nothing in
+flight rather than a later message sent under the same context. A device holds
 at most `max_connections` links at once; a client past that is answered "resource unavailable" (0x02).
 
 Replies are matched to what is in flight on the link by the client session's `observe_reply` (sender
@@ -53,7 +56,8 @@ class LinkOwner(Protocol):
 class EnipPending:
     """One forwarded message, from the client's write to the device's reply (or the gateway's answer)."""
 
-    __slots__ = ("frame", "service", "t_o", "started", "deadline", "sent", "upstream_seconds", "wire", "opens")
+    __slots__ = ("frame", "service", "t_o", "started", "deadline", "sent", "upstream_seconds", "wire", "opens",
+                 "unanswered")
 
     def __init__(self, frame: bytes, service: int, started: float, deadline: float, t_o: int | None = None) -> None:
         self.frame = frame  # as the client sent it (its own session handle)
@@ -67,8 +71,10 @@ class EnipPending:
         # whether the message may hold a Forward Open, whose reply names a connection the client may use:
         # only then is the reply read for it (unknown: assume so)
         self.opens = True
+        self.unanswered = False  # the gateway answered for the device
 
     def fault(self) -> bytes:
+        self.unanswered = True
         return frames.unreachable(self.frame, self.service, self.t_o)
 
 
@@ -205,6 +211,7 @@ class EnipLink(asyncio.Protocol):
         self.closing = False  # close once nothing is in flight
         self.waiting: deque[EnipPending] = deque()  # until the session is registered
         self.inflight: list[EnipPending] = []
+        self.contexts = 0  # the last sender context the link gave a message
         self.buffer = b""
         self.out: list[bytes] = []  # sent at the end of this loop pass (EnipDevice.write_later)
         self.flush_scheduled = False
@@ -280,7 +287,7 @@ class EnipLink(asyncio.Protocol):
                 now = time.monotonic()
                 pending.upstream_seconds = now - pending.sent
                 self.device.observer.upstream_latency(self.name, pending.upstream_seconds)
-                self.owner.deliver(accepted[:4] + pending.frame[4:8] + accepted[8:], pending)  # the client's handle
+                self.owner.deliver(frames.as_answer_to(accepted, pending.frame), pending)
                 if self.closing and not self.inflight:
                     self.close()
                 return
@@ -341,7 +348,8 @@ class EnipLink(asyncio.Protocol):
         self._arm()
 
     def _send(self, pending: EnipPending, now: float) -> None:
-        pending.wire = frames.with_session(pending.frame, self.session)
+        self.contexts += 1
+        pending.wire = frames.on_link(pending.frame, self.session, self.contexts)
         pending.sent = now
         deadline = now + self.device.settings.timeout
         if deadline < pending.deadline:

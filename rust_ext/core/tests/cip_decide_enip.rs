@@ -286,6 +286,27 @@ fn refused_or_unreadable_forward_open_replies_open_nothing() {
 }
 
 #[test]
+fn a_forward_open_the_gateway_answered_for_frees_its_triad() {
+    let e = engine("enforce", true);
+    let mut s = EnipSession::new();
+    // Direct and through an Unconnected Send: no device reply came (unreachable, no session to spare, too slow).
+    for fo in [send_rr(&forward_open(false, 3)), send_rr(&unconnected_send(&forward_open(true, 3), &[0x01, 0x02]))] {
+        assert!(e.decide_enip(OPERATOR, PLC, &mut s, &fo, 0).forward());
+        assert_eq!(s.connections(), 1);
+        s.unanswered(&fo);
+        assert_eq!(s.connections(), 0);
+    }
+    // The client's retry of the same triad is no duplicate; it opens when the device answers.
+    assert!(open(&e, &mut s, 3, OT_ID).forward());
+    assert_eq!(s.connections(), 1);
+    // Anything else unanswered changes nothing, an open connection included.
+    s.unanswered(&send_rr(&read_tag("Recipe")));
+    s.unanswered(&send_unit(OT_ID, 1, &read_tag("Recipe")));
+    s.unanswered(b"not a message");
+    assert_eq!(s.connections(), 1);
+}
+
+#[test]
 fn io_forward_opens_are_refused_and_not_recorded() {
     let e = engine("monitor", true);
     let mut s = EnipSession::new();

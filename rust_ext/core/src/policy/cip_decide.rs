@@ -356,6 +356,25 @@ impl EnipSession {
             _ => true,
         }
     }
+
+    /// `request` (a whole encapsulation message) got the gateway's answer, not the device's (no device session
+    /// to be had, the device unreachable or too slow): a Forward Open in it is no connection as far as the
+    /// client knows, so its triad is free again for the client's retry, and the session holds no connection
+    /// for it.
+    pub fn unanswered(&mut self, request: &[u8]) {
+        let Ok(q) = parse_frame(request) else { return };
+        let Body::SendData(qd) = q.body else { return };
+        let Some(Payload::Unconnected(qm)) = qd.cpf.payload() else { return };
+        let Some((req, _)) = delivered(qm) else { return };
+        let large = match req.service {
+            Service::ForwardOpen => false,
+            Service::LargeForwardOpen => true,
+            _ => return,
+        };
+        if let Ok(fo) = parse_forward_open(req.data, large) {
+            self.table.open_refused(&fo.triad);
+        }
+    }
 }
 
 impl Engine {

@@ -33,7 +33,9 @@ pub enum Refusal {
 
 #[derive(Default)]
 struct State {
+    /// Every live link, the shared session's included; `own`: the clients' own links among them.
     links: usize,
+    own: usize,
     backoff: Duration,
     down_until: Option<Instant>,
     up: Option<bool>,
@@ -65,6 +67,7 @@ struct SharedTask {
 /// One link's place at the device: counted while it lives.
 pub struct LinkSlot {
     device: Arc<EnipDevice>,
+    own: bool,
 }
 
 impl LinkSlot {
@@ -77,6 +80,9 @@ impl Drop for LinkSlot {
     fn drop(&mut self) {
         let mut st = self.device.lock();
         st.links = st.links.saturating_sub(1);
+        if self.own {
+            st.own = st.own.saturating_sub(1);
+        }
     }
 }
 
@@ -120,7 +126,7 @@ impl EnipDevice {
                 Err(mpsc::error::SendError(back)) => pending = back,
             }
         }
-        let slot = match self.open_link() {
+        let slot = match self.take_slot(false) {
             Ok(slot) => slot,
             Err(refusal) => {
                 // Not for the shared session to answer.
@@ -147,17 +153,25 @@ impl EnipDevice {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A place for one more link, or why not (each refusal counted as `Refusal` says).
+    /// A place for one more link of a client's own, or why not (each refusal counted as `Refusal` says).
+    /// Where the device shares a session, one of its `max_connections` is kept for that session whether or
+    /// not it runs: clients holding connections never take the last one from those that hold none.
     pub fn open_link(self: &Arc<Self>) -> Result<LinkSlot, Refusal> {
+        self.take_slot(true)
+    }
+
+    fn take_slot(self: &Arc<Self>, own: bool) -> Result<LinkSlot, Refusal> {
+        let max = self.config.max_connections;
         let refusal = {
             let mut st = self.lock();
             if self.is_retired() || st.down_until.is_some_and(|until| Instant::now() < until) {
                 Refusal::Unavailable
-            } else if st.links >= self.config.max_connections {
+            } else if st.links >= max || (own && self.shares() && st.own >= max - 1) {
                 Refusal::Full
             } else {
                 st.links += 1;
-                return Ok(LinkSlot { device: self.clone() });
+                st.own += usize::from(own);
+                return Ok(LinkSlot { device: self.clone(), own });
             }
         };
         let kind = match refusal {
@@ -308,22 +322,34 @@ mod tests {
     }
 
     #[test]
-    fn slots_count_links_up_to_max_connections() {
-        let device = device(1, 2);
+    fn own_links_take_every_slot_but_the_shared_session_s() {
+        let device = device(1, 3);
         let a = device.open_link().unwrap();
         let b = device.open_link().unwrap();
         assert_eq!(device.open_link().err(), Some(Refusal::Full));
         assert_eq!(faults(&device, "queue_full"), 1);
+        let shared = device.take_slot(false).unwrap();
+        assert_eq!(device.take_slot(false).err(), Some(Refusal::Full));
         drop(a);
         let c = device.open_link().unwrap();
         assert!(Arc::ptr_eq(c.device(), &device));
-        drop((b, c));
-        assert_eq!(device.lock().links, 0);
+        drop((b, c, shared));
+        let st = device.lock();
+        assert_eq!((st.links, st.own), (0, 0));
+    }
+
+    #[test]
+    fn a_device_of_one_session_gives_it_to_one_client_at_a_time() {
+        let device = device(1, 1);
+        let a = device.open_link().unwrap();
+        assert_eq!(device.open_link().err(), Some(Refusal::Full));
+        drop(a);
+        assert!(device.open_link().is_ok());
     }
 
     #[test]
     fn connect_failures_back_off_doubling_to_five_seconds() {
-        let device = device(1, 2);
+        let device = device(1, 3); // two links of clients' own (the third slot is the shared session's)
         let slot = device.open_link().unwrap();
         let mut expected = Vec::new();
         let mut got = Vec::new();

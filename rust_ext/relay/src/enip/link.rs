@@ -32,8 +32,7 @@ use crate::listener::{INITIAL_BUFFER, SHUTDOWN_TIMEOUT};
 
 /// One forwarded message, from the client's write to the device's reply or the gateway's answer.
 pub(crate) struct Pending {
-    /// The message: under the client's handle and sender context until sent, under the link's after (a shared
-    /// session gives it a context of its own: shared.rs).
+    /// The message: under the client's handle and sender context until sent, under the link's after.
     frame: Vec<u8>,
     client_session: u32,
     client_context: [u8; 8],
@@ -90,11 +89,6 @@ impl Pending {
     pub fn client_frame(&mut self) -> &[u8] {
         self.restore_client();
         &self.frame
-    }
-
-    /// The message goes out under `context` (the shared session's own, so that replies find it).
-    pub fn set_context(&mut self, context: &[u8; 8]) {
-        frames::set_context(&mut self.frame, context);
     }
 
     fn restore_client(&mut self) {
@@ -194,6 +188,8 @@ pub(crate) fn accept_reply(
 pub(crate) struct Queue {
     waiting: VecDeque<Pending>,
     inflight: Vec<Pending>,
+    /// The last sender context the link gave a message.
+    contexts: u64,
 }
 
 impl Queue {
@@ -238,8 +234,13 @@ impl Queue {
         out.extend(self.waiting.drain(..));
     }
 
-    /// Marks `p` sent at `now` under `session`, bringing its deadline to `now + timeout` at the latest;
-    /// appends the bytes to `wire`, whose first byte is the link's `base`-th.
+    /// Marks `p` sent at `now` under `session` and a sender context of the link's own, bringing its deadline
+    /// to `now + timeout` at the latest; appends the bytes to `wire`, whose first byte is the link's `base`-th.
+    ///
+    /// The context is the link's, not the client's, so that no two messages in flight share one (clients of
+    /// a shared session pick theirs alone; one client may reuse its own), and a device's late reply to a
+    /// message the gateway already answered for matches nothing, rather than a later message sent under the
+    /// same context. The reply gets the client's context back.
     pub fn send(
         &mut self,
         mut p: Pending,
@@ -250,6 +251,8 @@ impl Queue {
         base: u64,
     ) {
         frames::set_session(&mut p.frame, session);
+        self.contexts = self.contexts.wrapping_add(1);
+        frames::set_context(&mut p.frame, &self.contexts.to_le_bytes());
         p.sent = Some(now);
         p.deadline = p.deadline.min(now + timeout);
         wire.extend_from_slice(&p.frame);
@@ -654,7 +657,7 @@ mod tests {
         // Routed: the owner gets it once, under its own context again.
         let mut p = pending(5, t, t + Duration::from_secs(1));
         p.reply_to = Some(tx.clone());
-        p.set_context(&[9; 8]);
+        frames::set_context(&mut p.frame, &[9; 8]);
         assert!(Done { pending: p, reply: None }.route().is_none());
         let Done { pending: mut answered, reply } = rx.try_recv().unwrap();
         assert!(reply.is_none());

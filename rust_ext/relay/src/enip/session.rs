@@ -571,6 +571,7 @@ impl Client {
                     Ok(slot) => *link = Some(Link::open(slot)),
                     Err(Refusal::Unavailable) => {}
                     Err(Refusal::Full) => {
+                        self.unsent(frame, opens);
                         frames::push_cip_error(out, frame, service, frames::CIP_RESOURCE_UNAVAILABLE, &[], t_o);
                         return;
                     }
@@ -578,6 +579,7 @@ impl Client {
             }
         }
         let Some(link) = link.as_mut() else {
+            self.unsent(frame, opens);
             frames::push_unreachable(out, frame, service, t_o);
             return;
         };
@@ -623,8 +625,21 @@ impl Client {
                     }
                     out.extend_from_slice(&reply);
                 }
-                None => pending.push_fault(out),
+                None => {
+                    let opens = pending.opens;
+                    self.unsent(pending.client_frame(), opens);
+                    pending.push_fault(out);
+                }
             }
+        }
+    }
+
+    /// The gateway answers `frame` instead of the device: a Forward Open in it (`opens`) made no connection
+    /// the client knows of, so the session frees its triad (the client's retry is not a duplicate) and no
+    /// longer counts it (its unconnected messages may go on the shared session again).
+    fn unsent(&mut self, frame: &[u8], opens: bool) {
+        if opens {
+            self.session.unanswered(frame);
         }
     }
 

@@ -3,15 +3,16 @@
 //! as Modbus requests of many clients share a device connection. One task owns that link (link.rs).
 //!
 //! ```text
-//!  client task --Pending (reply_to: the client's channel)--> mpsc --> task: sender context := the session's next
-//!                                                                        --> link --> device
+//!  client task --Pending (reply_to: the client's channel)--> mpsc --> task --> link (sender context: its own)
+//!                                                                                   --> device
 //!  client task <--Done: the reply under the client's handle and context, or the gateway's answer-- link <-- device
 //! ```
 //!
-//! A device returns the sender context unchanged, so each message gets one no other message in flight has,
-//! and its reply is then checked against it as on a client's own link (`accept_reply`). What needs a
-//! connection (Forward Open, Large Forward Open, Forward Close, SendUnitData) never comes here: the device ties
-//! connections to the session they were opened on (session.rs decides which link a message takes).
+//! A device returns the sender context unchanged, and the link gives each message one no other message in
+//! flight has (clients pick theirs alone), so a reply is checked against its request as on a client's own
+//! link (`accept_reply`). What needs a connection (Forward Open, Large Forward Open, Forward Close,
+//! SendUnitData) never comes here: the device ties connections to the session they were opened on (session.rs
+//! decides which link a message takes).
 
 use std::collections::HashMap;
 
@@ -28,7 +29,6 @@ pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>
     let mut checker = EnipSession::new();
     let no_connections = HashMap::new();
     let mut done: Vec<Done> = Vec::new();
-    let mut contexts: u64 = 0;
     let mut taking = true;
     loop {
         route(&mut done);
@@ -46,7 +46,7 @@ pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>
                     return;
                 }
                 Some(pending) => {
-                    submit(&mut link, pending, &mut contexts, &mut done);
+                    link.submit(pending, &mut done);
                     continue;
                 }
             }
@@ -63,13 +63,13 @@ pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>
             }
             first = rx.recv(), if taking => match first {
                 Some(pending) => {
-                    submit(&mut link, pending, &mut contexts, &mut done);
+                    link.submit(pending, &mut done);
                     // Let the other tasks ready on this worker (clients answered by the last read, say) hand
                     // over their messages first: they then go out in this session's next write, not one
                     // write each (as a Modbus device connection does).
                     tokio::task::yield_now().await;
                     while let Ok(pending) = rx.try_recv() {
-                        submit(&mut link, pending, &mut contexts, &mut done);
+                        link.submit(pending, &mut done);
                     }
                 }
                 None => taking = false,
@@ -90,13 +90,6 @@ pub(crate) async fn run(mut link: Link, mut rx: mpsc::UnboundedReceiver<Pending>
         done.push(Done { pending, reply: None });
     }
     route(&mut done);
-}
-
-/// Gives the message the session's next sender context and hands it to the link.
-fn submit(link: &mut Link, mut pending: Pending, contexts: &mut u64, done: &mut Vec<Done>) {
-    *contexts = contexts.wrapping_add(1);
-    pending.set_context(&contexts.to_le_bytes());
-    link.submit(pending, done);
 }
 
 /// Every answer to the client task waiting for it.

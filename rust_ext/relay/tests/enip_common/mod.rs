@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,8 +125,23 @@ fn symbol(tag: &str) -> Vec<u8> {
 
 /// Read Tag of one element of `tag`.
 pub fn read_tag(tag: &str) -> Vec<u8> {
+    read_elements(tag, 1)
+}
+
+/// Read Tag of `count` elements of `tag` (the fake device echoes the count: a reply tells which read it is).
+pub fn read_elements(tag: &str, count: u16) -> Vec<u8> {
     let path = symbol(tag);
-    [vec![READ_TAG, (path.len() / 2) as u8], path, vec![1, 0]].concat()
+    [vec![READ_TAG, (path.len() / 2) as u8], path, count.to_le_bytes().to_vec()].concat()
+}
+
+/// The element count the fake device echoed in its reply to a Read Tag.
+pub fn echoed_count(reply: &[u8]) -> Option<u16> {
+    let cip = frames::items(reply).and_then(|i| i.cip())?;
+    let data = cip.get(4 + 2 * usize::from(*cip.get(3)?)..)?;
+    match data {
+        [0xC4, 0x00, lo, hi] => Some(u16::from_le_bytes([*lo, *hi])),
+        _ => None,
+    }
 }
 
 /// Write Tag of one DINT `value` to `tag`.
@@ -223,7 +238,13 @@ pub struct Seen {
     pub frames: Mutex<Vec<(usize, Vec<u8>)>>,
     pub accepted: AtomicUsize,
     mode: AtomicU8,
+    /// A Read Tag of a multiple of this many elements (0: none) is answered only after `SLOW_FOR`, and the
+    /// device reads nothing more on that connection meanwhile, as a device busy with a slow request.
+    pub slow_every: AtomicU16,
 }
+
+/// How long a slow Read Tag keeps the fake device busy.
+pub const SLOW_FOR: Duration = Duration::from_millis(400);
 
 impl Seen {
     pub fn set_mode(&self, mode: Mode) {
@@ -306,6 +327,21 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, connection: usi
                         let mut reply = vec![service.unwrap_or(0) | 0x80, 0, 0, 0]; // reply, reserved, status 0
                         if service == Some(0x54) {
                             reply.extend(forward_open_reply(&cip));
+                        } else if service == Some(READ_TAG) {
+                            // Type DINT, then the request's element count where the values would be.
+                            let data = cip.get(2 + 2 * usize::from(cip[1])..).unwrap_or_default();
+                            reply.extend_from_slice(&[0xC4, 0x00]);
+                            reply.extend_from_slice(data);
+                            let every = seen.slow_every.load(Ordering::SeqCst);
+                            if let (true, [lo, hi]) = (every > 0, data) {
+                                if u16::from_le_bytes([*lo, *hi]) % every == 0 {
+                                    if stream.write_all(&out).await.is_err() {
+                                        return;
+                                    }
+                                    out.clear();
+                                    tokio::time::sleep(SLOW_FOR).await;
+                                }
+                            }
                         }
                         let mut r = send_rr(DEVICE_SESSION, &header.sender_context, &reply);
                         r[4..8].copy_from_slice(&DEVICE_SESSION.to_le_bytes());

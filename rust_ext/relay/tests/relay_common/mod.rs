@@ -301,18 +301,23 @@ impl ControlPlane {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "no such event within {BOUND:?}; seen: {:?}", self.seen);
-            let mut pfd = libc::pollfd { fd: relay.event_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
-            let mut counter = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live buffer; EAGAIN (nothing pending) is fine.
-            unsafe { libc::read(relay.event_fd(), counter.as_mut_ptr().cast(), 8) };
-            for event in relay.events() {
-                if let Event::Identify { conn_id, .. } = &event {
-                    relay.identify(*conn_id, principal.map(str::to_owned));
-                }
-                self.seen.push(event);
+            self.serve(relay, principal, left);
+        }
+    }
+
+    /// Takes the relay's events for up to `wait` (one look), answering identify events with `principal`.
+    pub fn serve(&mut self, relay: &Relay, principal: Option<&str>, wait: Duration) {
+        let mut pfd = libc::pollfd { fd: relay.event_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, wait.as_millis().min(1000) as i32) };
+        let mut counter = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(relay.event_fd(), counter.as_mut_ptr().cast(), 8) };
+        for event in relay.events() {
+            if let Event::Identify { conn_id, .. } = &event {
+                relay.identify(*conn_id, principal.map(str::to_owned));
             }
+            self.seen.push(event);
         }
     }
 }
