@@ -348,7 +348,7 @@ class EnipLink(asyncio.Protocol):
         self._arm()
 
     def _send(self, pending: EnipPending, now: float) -> None:
-        self.contexts += 1
+        self.contexts = (self.contexts + 1) & 0xFFFF_FFFF_FFFF_FFFF
         pending.wire = frames.on_link(pending.frame, self.session, self.contexts)
         pending.sent = now
         deadline = now + self.device.settings.timeout
