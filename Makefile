@@ -76,9 +76,10 @@ test: sysdeps install test-rust lint stubtest test-python
 test-rust:
 	cd rust_ext && { cargo fetch -q --offline 2>/dev/null || $(call retry,cargo fetch -q); } && cargo test --workspace --release -q
 
-# Lints that find real defects (unchecked casts, held locks, untyped paths), kept at zero so a new one shows.
+# Lints that find real defects (unchecked casts, held locks, untyped paths) and rustfmt's layout, kept at zero
+# so a new one shows.
 lint: install
-	cd rust_ext && cargo clippy --workspace --tests --release -q -- -D warnings
+	cd rust_ext && cargo fmt --check && cargo clippy --workspace --tests --release -q -- -D warnings
 	$(PY) -m mypy zonegate
 
 stubtest: install

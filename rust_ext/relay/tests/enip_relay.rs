@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use enip_common::*;
-use relay_common::{bound_listener, runtime, ControlPlane};
+use relay_common::{bound_listener, runtime, ControlPlane, Rng};
 use tokio::net::TcpStream;
 use zonegate_relay::enip::frames::{self, HEADER_LEN};
 use zonegate_relay::events::Event;
@@ -413,20 +413,6 @@ fn a_client_pipelining_more_than_the_shared_session_takes_from_it_gets_every_ans
 
 // -- many clients at once ---------------------------------------------------------------------------------------
 
-/// xorshift64*: the soak's choices, the same for the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n
-    }
-}
-
 /// What a soak client sent, and so which answer it waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sent {
@@ -564,14 +550,18 @@ fn soak(seeds: std::ops::Range<u64>, timeout: Duration, slow_every: u16) {
         let forwarded = seen.of(frames::SEND_RR_DATA);
         let cip: Vec<&[u8]> = forwarded.iter().map(|f| frames::items(f).unwrap().cip().unwrap()).collect();
         assert!(cip.iter().all(|c| c[0] != WRITE_TAG), "seed {seed:#x}: a refused write reached the device");
-        let mut reached: Vec<u16> =
-            cip.iter().filter(|c| c[0] == READ_TAG).map(|c| u16::from_le_bytes([c[c.len() - 2], c[c.len() - 1]])).collect();
+        let mut reached: Vec<u16> = cip
+            .iter()
+            .filter(|c| c[0] == READ_TAG)
+            .map(|c| u16::from_le_bytes([c[c.len() - 2], c[c.len() - 1]]))
+            .collect();
         assert!(reached.len() <= sent, "seed {seed:#x}: {} reads at the device, {sent} sent", reached.len());
         for count in answered {
             let at = reached.iter().position(|&r| r == count);
             assert!(at.is_some(), "seed {seed:#x}: an answered read of {count} never reached the device");
             reached.swap_remove(at.unwrap());
         }
+        assert_eq!(s.faults("timeout") > 0, slow_every > 0, "seed {seed:#x}: {} timeouts", s.faults("timeout"));
         s.stop();
     }
 }

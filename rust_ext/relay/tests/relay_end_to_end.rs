@@ -279,3 +279,137 @@ fn pipelined_requests_beyond_max_outstanding_all_get_replies_and_an_idle_client_
     cp.wait(&relay, None, |e| matches!(e, Event::Closed { .. }));
     relay.stop(Duration::from_secs(1));
 }
+
+// -- many clients at once ---------------------------------------------------------------------------------------
+
+/// What a soak client sent under one transaction id, and so which answer it waits for.
+#[derive(Clone, Copy, Debug)]
+enum Sent {
+    /// An allowed read: the device's registers hold their addresses, so the reply tells which read it is.
+    Read { start: u16, qty: u16 },
+    /// A write the policy refuses: exception 01.
+    Write,
+}
+
+/// One client of the Modbus soak: `rounds` batches of random requests (allowed reads, refused writes), each
+/// cut into random writes, transaction ids counting from 1 as every other client's do (so they clash on the
+/// shared device connection), every answer matched to its request. `leaves`: closes half-way with a batch
+/// unanswered. `slow`: the device is slow to answer some reads, so the gateway may answer them (0x0B).
+/// Returns how many reads it sent and how many the device answered.
+async fn modbus_soak_client(
+    addr: std::net::SocketAddr,
+    seed: u64,
+    rounds: usize,
+    leaves: bool,
+    slow: bool,
+) -> Result<(usize, usize), String> {
+    let mut rng = Rng(seed | 1);
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tid: u16 = 0;
+    let (mut sent_reads, mut answered) = (0, 0);
+    for round in 0..rounds {
+        let mut batch = Vec::new();
+        let mut expected = std::collections::HashMap::new();
+        for _ in 0..1 + rng.below(8) {
+            tid = tid.wrapping_add(1);
+            let sent = if rng.below(8) == 0 {
+                batch.extend(write_single(tid, 1, rng.below(100) as u16, 7));
+                Sent::Write
+            } else {
+                let (start, qty) = (1 + rng.below(95) as u16, 1 + rng.below(5) as u16);
+                batch.extend(read_holding(tid, 1, start, qty));
+                sent_reads += 1;
+                Sent::Read { start, qty }
+            };
+            expected.insert(tid, sent);
+        }
+        let mut at = 0;
+        while at < batch.len() {
+            let piece = 1 + rng.below(batch.len() - at);
+            write(&mut stream, &batch[at..at + piece]).await;
+            at += piece;
+        }
+        if leaves && round == rounds / 2 {
+            return Ok((sent_reads, answered));
+        }
+        for reply in read_adus(&mut stream, expected.len()).await {
+            let tid = u16::from_be_bytes([reply[0], reply[1]]);
+            let Some(sent) = expected.remove(&tid) else {
+                return Err(format!("round {round}: a reply nothing waits for: {reply:02x?}"));
+            };
+            let right = match sent {
+                Sent::Read { start, qty } => {
+                    let mut pdu = vec![3, (2 * qty) as u8];
+                    (start..start + qty).for_each(|a| pdu.extend_from_slice(&a.to_be_bytes()));
+                    let own = reply == adu(tid, 1, &pdu);
+                    answered += usize::from(own);
+                    own || (slow && reply == adu(tid, 1, &[0x83, 0x0B]))
+                }
+                Sent::Write => reply == adu(tid, 1, &[0x86, 0x01]),
+            };
+            if !right {
+                return Err(format!("round {round}: {sent:?} (tid {tid}) answered {reply:02x?}"));
+            }
+        }
+    }
+    Ok((sent_reads, answered))
+}
+
+/// Six clients at once, one leaving half-way, on one pipelined device connection, while the policy is reloaded
+/// three times: every client gets exactly one answer per request, its own, under its own transaction id;
+/// no refused write reaches the device. `slow_every`: the device answers a read from a multiple of that
+/// address only after `SLOW_READ`, past its `timeout`.
+fn modbus_soak(seeds: std::ops::Range<u64>, timeout: Duration, slow_every: u16) {
+    for seed in seeds {
+        let rt = runtime();
+        let (device_port, seen) = rt.block_on(device());
+        seen.slow_every.store(slow_every, Ordering::SeqCst);
+        let (addr, fd) = bound_listener();
+        let mut config = relay_config(listener_config("zone", None), device_port);
+        config.devices[0].timeout = timeout;
+        let relay = Relay::start(engine(false), config.clone(), &[fd], 2).expect("relay starts");
+        let mut cp = ControlPlane::new();
+        let clients: Vec<_> = (0..6u64)
+            .map(|c| {
+                rt.spawn(modbus_soak_client(addr, seed.wrapping_mul(31).wrapping_add(c), 20, c == 0, slow_every > 0))
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let mut reloads = 0;
+        while !clients.iter().all(|c| c.is_finished()) {
+            assert!(started.elapsed() < BOUND * 3, "seed {seed:#x}: the clients did not finish");
+            cp.serve(&relay, Some("operator"), Duration::from_millis(10));
+            if reloads < 3 && started.elapsed() > Duration::from_millis(20) * (reloads + 1) {
+                relay.reload(engine(false), config.clone()).expect("reload");
+                reloads += 1;
+            }
+        }
+        let (mut sent, mut answered) = (0, 0);
+        for client in clients {
+            let (reads, own) =
+                rt.block_on(client).expect("the client ran").unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+            sent += reads;
+            answered += own;
+        }
+        assert_eq!(seen.writes.load(Ordering::SeqCst), 0, "seed {seed:#x}: a refused write reached the device");
+        let reached = seen.requests.load(Ordering::SeqCst);
+        assert!(
+            answered <= reached && reached <= sent,
+            "seed {seed:#x}: {answered} answered, {reached} reached, {sent} sent"
+        );
+        let timeouts: u64 =
+            relay.snapshot().upstream_faults.iter().filter(|((_, k), _)| *k == "timeout").map(|(_, n)| n).sum();
+        assert_eq!(timeouts > 0, slow_every > 0, "seed {seed:#x}: {timeouts} timeouts");
+        relay.stop(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn many_clients_at_once_each_get_their_own_answers_through_reloads() {
+    modbus_soak(0x5eed_0001..0x5eed_0004, Duration::from_secs(2), 0);
+}
+
+#[test]
+fn a_device_slow_to_answer_some_reads_never_has_a_late_reply_taken_for_another_request() {
+    modbus_soak(0x51a0_0001..0x51a0_0004, Duration::from_millis(250), 37);
+}

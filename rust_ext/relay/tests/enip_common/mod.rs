@@ -334,7 +334,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, connection: usi
                             reply.extend_from_slice(data);
                             let every = seen.slow_every.load(Ordering::SeqCst);
                             if let (true, [lo, hi]) = (every > 0, data) {
-                                if u16::from_le_bytes([*lo, *hi]) % every == 0 {
+                                if u16::from_le_bytes([*lo, *hi]).is_multiple_of(every) {
                                     if stream.write_all(&out).await.is_err() {
                                         return;
                                     }

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -215,12 +215,18 @@ pub async fn closed_by_peer<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     }
 }
 
-/// What the device saw.
+/// What the device saw, and which reads it is slow to answer.
 #[derive(Default)]
 pub struct Seen {
     pub requests: AtomicUsize,
     pub writes: AtomicUsize,
+    /// A read from a non-zero multiple of this address (0: none) is answered only after `SLOW_READ`, the
+    /// device reading nothing more on that connection meanwhile (a device busy with a slow request).
+    pub slow_every: AtomicU16,
 }
+
+/// How long a slow read keeps the fake Modbus device busy.
+pub const SLOW_READ: Duration = Duration::from_millis(400);
 
 /// A Modbus server on 127.0.0.1: answers FC 3 with registers holding their address, echoes FC 6, and answers
 /// anything else exception 01. Counts what it is sent.
@@ -256,6 +262,14 @@ async fn serve_device<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, seen: Ar
                 3 => {
                     let start = u16::from_be_bytes([req[8], req[9]]);
                     let qty = u16::from_be_bytes([req[10], req[11]]);
+                    let every = seen.slow_every.load(Ordering::SeqCst);
+                    if every > 0 && start > 0 && start.is_multiple_of(every) {
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                        tokio::time::sleep(SLOW_READ).await;
+                    }
                     let mut pdu = vec![3, (2 * qty) as u8];
                     for a in start..start + qty {
                         pdu.extend_from_slice(&a.to_be_bytes());
@@ -319,6 +333,20 @@ impl ControlPlane {
             }
             self.seen.push(event);
         }
+    }
+}
+
+/// xorshift64*: a soak's choices, the same for the same seed (which must not be 0).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: usize) -> usize {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n
     }
 }
 
