@@ -427,17 +427,19 @@ enum Sent {
 /// One client of the soak: registers, then sends `rounds` batches of random messages (reads under sender
 /// contexts that clash within and across clients, refused writes, NOPs, at most one Forward Open), each batch
 /// cut into random writes, and matches every answer to the message it answers. `leaves`: closes half-way with
-/// a batch unanswered. `slow`: the device is slow to answer some reads, so the gateway may answer a forwarded
-/// message for it (0x01 / 0x0204). Returns how many reads it sent and the element counts of those the device
+/// a batch unanswered. `slow_every` (not 0): the device is slow to answer reads of a multiple of that many
+/// elements (the client's first read is one), so the gateway may answer a forwarded message for it (0x01 /
+/// 0x0204). Returns how many reads it sent and the element counts of those the device
 /// answered.
 async fn soak_client(
     addr: std::net::SocketAddr,
     seed: u64,
     rounds: usize,
     leaves: bool,
-    slow: bool,
+    slow_every: u16,
 ) -> Result<(usize, Vec<u16>), String> {
     let mut rng = Rng(seed | 1);
+    let slow = slow_every > 0;
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     write(&mut stream, &register_session(b"register")).await;
     let handle = frames::header(&read_message(&mut stream).await).session;
@@ -460,7 +462,8 @@ async fn soak_client(
                     continue;
                 }
                 _ => {
-                    let count = 1 + rng.below(0xFFFE) as u16;
+                    // With a slow device, each client's first read is one it is slow to answer.
+                    let count = if slow && sent_reads == 0 { slow_every } else { 1 + rng.below(0xFFFE) as u16 };
                     sent_reads += 1;
                     (read_elements("recipe", count), Sent::Read(count))
                 }
@@ -523,9 +526,8 @@ fn soak(seeds: std::ops::Range<u64>, timeout: Duration, slow_every: u16) {
         let (mut s, seen) = setup_with(engine_with_connections(), None, 4, timeout);
         let seen = seen.unwrap();
         seen.slow_every.store(slow_every, Ordering::SeqCst);
-        let slow = slow_every > 0;
         let clients: Vec<_> = (0..6u64)
-            .map(|c| s.rt.spawn(soak_client(s.addr, seed.wrapping_mul(31).wrapping_add(c), 20, c == 0, slow)))
+            .map(|c| s.rt.spawn(soak_client(s.addr, seed.wrapping_mul(31).wrapping_add(c), 20, c == 0, slow_every)))
             .collect();
         // Meanwhile the control plane identifies every connection and reloads the policy (same device: its
         // shared session stays; every client identifies again at its next message).

@@ -294,16 +294,18 @@ enum Sent {
 /// One client of the Modbus soak: `rounds` batches of random requests (allowed reads, refused writes), each
 /// cut into random writes, transaction ids counting from 1 as every other client's do (so they clash on the
 /// shared device connection), every answer matched to its request. `leaves`: closes half-way with a batch
-/// unanswered. `slow`: the device is slow to answer some reads, so the gateway may answer them (0x0B).
+/// unanswered. `slow_every` (not 0): the device is slow to answer reads from a multiple of that address (the
+/// client's first read is one), so the gateway may answer them (0x0B).
 /// Returns how many reads it sent and how many the device answered.
 async fn modbus_soak_client(
     addr: std::net::SocketAddr,
     seed: u64,
     rounds: usize,
     leaves: bool,
-    slow: bool,
+    slow_every: u16,
 ) -> Result<(usize, usize), String> {
     let mut rng = Rng(seed | 1);
+    let slow = slow_every > 0;
     let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let mut tid: u16 = 0;
     let (mut sent_reads, mut answered) = (0, 0);
@@ -316,7 +318,9 @@ async fn modbus_soak_client(
                 batch.extend(write_single(tid, 1, rng.below(100) as u16, 7));
                 Sent::Write
             } else {
-                let (start, qty) = (1 + rng.below(95) as u16, 1 + rng.below(5) as u16);
+                // With a slow device, each client's first read is one it is slow to answer.
+                let start = if slow && sent_reads == 0 { slow_every } else { 1 + rng.below(95) as u16 };
+                let qty = 1 + rng.below(5) as u16;
                 batch.extend(read_holding(tid, 1, start, qty));
                 sent_reads += 1;
                 Sent::Read { start, qty }
@@ -370,9 +374,7 @@ fn modbus_soak(seeds: std::ops::Range<u64>, timeout: Duration, slow_every: u16) 
         let relay = Relay::start(engine(false), config.clone(), &[fd], 2).expect("relay starts");
         let mut cp = ControlPlane::new();
         let clients: Vec<_> = (0..6u64)
-            .map(|c| {
-                rt.spawn(modbus_soak_client(addr, seed.wrapping_mul(31).wrapping_add(c), 20, c == 0, slow_every > 0))
-            })
+            .map(|c| rt.spawn(modbus_soak_client(addr, seed.wrapping_mul(31).wrapping_add(c), 20, c == 0, slow_every)))
             .collect();
         let started = std::time::Instant::now();
         let mut reloads = 0;

@@ -452,8 +452,7 @@ pub fn on_t_o(request: &[u8], reply: &[u8], t_o: &HashMap<u32, u32>) -> Option<V
     Some(out)
 }
 
-/// `with_session`, in place: the message under another session handle (bytes too few to hold one are left
-/// as they are).
+/// The message under another session handle, in place (bytes too few to hold one are left as they are).
 pub fn set_session(frame: &mut [u8], session: u32) {
     if let Some(handle) = frame.get_mut(4..8) {
         handle.copy_from_slice(&session.to_le_bytes());

@@ -190,6 +190,9 @@ pub(crate) async fn serve<S: ClientStream>(
         client.finish_all(&mut done, &mut out);
         client.check_link(&mut link).await;
         client.release_held(&mut link, &mut done);
+        // The gateway's answers for held messages whose link is gone, before any new message is decided: a
+        // Forward Open among them leaves the session now, not after a retry of it was recorded again.
+        client.finish_all(&mut done, &mut out);
         if identifying.is_none() && !closing && filled > 0 {
             if shared.generation_number() != client.principal_generation {
                 // What went on the old device's shared session is answered first: nothing sent under the new
