@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use enip_common::*;
-use relay_common::{bound_listener, runtime, ControlPlane, Rng};
+use relay_common::{bound_listener, runtime, write_in_pieces, ControlPlane, Rng};
 use tokio::net::TcpStream;
 use zonegate_relay::enip::frames::{self, HEADER_LEN};
 use zonegate_relay::events::Event;
@@ -471,12 +471,7 @@ async fn soak_client(
             batch.extend(send_rr(handle, &context, &cip));
             expected.push((context, sent));
         }
-        let mut at = 0;
-        while at < batch.len() {
-            let piece = 1 + rng.below(batch.len() - at);
-            write(&mut stream, &batch[at..at + piece]).await;
-            at += piece;
-        }
+        write_in_pieces(&mut stream, &batch, &mut rng).await;
         if leaves && round == rounds / 2 {
             return Ok((sent_reads, answered));
         }

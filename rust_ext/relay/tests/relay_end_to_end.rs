@@ -327,12 +327,7 @@ async fn modbus_soak_client(
             };
             expected.insert(tid, sent);
         }
-        let mut at = 0;
-        while at < batch.len() {
-            let piece = 1 + rng.below(batch.len() - at);
-            write(&mut stream, &batch[at..at + piece]).await;
-            at += piece;
-        }
+        write_in_pieces(&mut stream, &batch, &mut rng).await;
         if leaves && round == rounds / 2 {
             return Ok((sent_reads, answered));
         }

@@ -350,6 +350,16 @@ impl Rng {
     }
 }
 
+/// Writes `bytes` in writes of random sizes: messages split across writes and several in one.
+pub async fn write_in_pieces<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], rng: &mut Rng) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let piece = 1 + rng.below(bytes.len() - at);
+        write(stream, &bytes[at..at + piece]).await;
+        at += piece;
+    }
+}
+
 /// Runs `f` on a runtime of the test's own (the device and the clients), separate from the relay's.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
